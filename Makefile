@@ -1,0 +1,32 @@
+# The README's two commands:  `make lessons`  and  `make test`.
+# Both bootstrap a local .venv with the package and its dev extras on first use.
+PY    ?= python3
+VENV  := .venv
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: lessons test smoke bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+## Run every lesson in order, end to end (each lesson's checkpoints feed the next).
+lessons: $(STAMP)
+	@set -e; for f in lessons/[0-9][0-9]_*.py; do \
+	  echo "=== $$f"; start=$$(date +%s); \
+	  MPLBACKEND=Agg $(BIN)/python $$f; \
+	  echo "=== $$f done in $$(( $$(date +%s) - start )) s"; \
+	done
+
+## The whole test suite (includes every lesson in --smoke mode).
+test: $(STAMP)
+	MPLBACKEND=Agg $(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_model.py
+
+clean:
+	rm -rf runs
