@@ -1,0 +1,73 @@
+"""Preference data as JSON Lines: one comparison per line.
+
+    {"prompt": "What's the capital of France?",
+     "chosen": " The capital of France is Paris.",
+     "rejected": " The capital of France is Berlin.", ...extra fields...}
+
+"prompt", "chosen" and "rejected" are required strings; any other field (e.g. the
+rater's probability "p_chosen", eos flags, gold rewards) is carried along untouched.
+Writing is atomic (a temp file renamed over the target), so a crash never leaves a
+half-written file; reading validates every line and names the file, the line, the
+field, and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+REQUIRED_FIELDS = ("prompt", "chosen", "rejected")
+
+
+def validate_record(record, where: str) -> dict:
+    """The record as a dict if it is a JSON object with string prompt/chosen/rejected;
+    ValueError naming `where` (e.g. "prefs.jsonl line 3"), the field, expected vs got."""
+    if not isinstance(record, Mapping):
+        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for field in REQUIRED_FIELDS:
+        if field not in record:
+            raise ValueError(f"{where}: missing field {field!r} (expected fields "
+                             f"{list(REQUIRED_FIELDS)}, got {sorted(record)})")
+        if not isinstance(record[field], str):
+            raise ValueError(f"{where}: field {field!r}: expected str, got "
+                             f"{type(record[field]).__name__} ({record[field]!r})")
+    return dict(record)
+
+
+def write_preferences(path, records: Iterable[Mapping]) -> Path:
+    """Write records as JSONL atomically (temp file in the same directory + os.replace).
+    Every record is validated first; nothing is written if one is bad."""
+    path = Path(path)
+    lines = [json.dumps(validate_record(r, f"{path} record {i}"), ensure_ascii=False)
+             for i, r in enumerate(records)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_preferences(path) -> list[dict]:
+    """Read and validate a preference JSONL file (line numbers in errors start at 1)."""
+    path = Path(path)
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            where = f"{path} line {lineno}"
+            if not line.strip():
+                raise ValueError(f"{where}: empty line (expected a JSON object)")
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+            records.append(validate_record(record, where))
+    return records

@@ -1,0 +1,257 @@
+"""PPO and DPO with tabular policies on the exact world, checked against pi*_beta.
+
+Both methods optimise (in different ways) the same KL-regularised objective
+
+    max_pi  E_{y ~ pi}[r(y)] - beta KL(pi || pi_ref),   solved by   pi*_beta ∝ pi_ref exp(r / beta),
+
+so on the exact world we can watch the exact KL(pi_theta || pi*_beta) fall to ~0.
+
+* PPO (`run_ppo`): sample the tabular policy, per-token rewards -beta * k1 plus the gold score
+  on the last token, GAE(gamma = 1, lam) with a tabular critic V(p, prefix), clipped surrogate,
+  the generic `ppo.ppo_update`. vf_coef = 0 leaves V = 0: no critic, and with lam = 1 the
+  advantage is the whitened Monte-Carlo return (REINFORCE with a batch baseline).
+* DPO / IPO (`run_dpo`): preferences from the Bradley-Terry model of the gold reward,
+  P(y1 > y2) = sigmoid(r(y1) - r(y2)) (temperature 1), pairs y1, y2 ~ pi_ref. With that
+  temperature DPO's population optimum is exactly pi*_beta for the reward r (Rafailov et al.
+  2023, sec. 4-5). Two data regimes: a sampled dataset, or the population (infinite-data)
+  loss, an exact sum over all ordered pairs weighted by 2 pi_ref(i) pi_ref(j) sigmoid(r_i - r_j).
+
+Every run is one pure function of its PRNG key (a lax.scan over iterations), so
+`jax.jit(jax.vmap(partial(run_ppo, world, cfg)))(keys)` trains many seeds at once.
+"""
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training.train_state import TrainState
+
+from minirlhf import ppo, tabular
+from minirlhf.dpo import dpo_loss, ipo_loss
+from minirlhf.worlds import exact
+from minirlhf.worlds.exact import ExactWorld
+
+
+def exact_metrics(params: dict, world: ExactWorld, logp_star: jax.Array) -> dict:
+    """Exact diagnostics of a tabular policy, averaged over prompts."""
+    logp = tabular.all_sequence_logprobs(params)  # [P, N]
+    return {
+        "exact/kl_to_optimum": jnp.mean(exact.kl(logp, logp_star)),
+        "exact/kl_to_ref": jnp.mean(exact.kl(logp, world.logp_ref)),
+        "exact/expected_reward": jnp.mean(exact.expected_reward(logp, world.reward)),
+    }
+
+
+def _adam(learning_rate, total_steps: int, anneal: bool):
+    schedule = optax.linear_schedule(learning_rate, 0.0, total_steps) if anneal else learning_rate
+    return optax.adam(schedule)
+
+
+# ----------------------------------------------------------------------------- PPO
+
+
+@dataclass(frozen=True)
+class TabularPPOConfig:
+    beta: float = 0.1
+    """Fixed KL coefficient of the per-token penalty (the target is pi*_beta)."""
+    n_iterations: int = 150
+    """Rollout + update iterations."""
+    batch_size: int = 64
+    """Rollouts per iteration (prompts assigned round-robin)."""
+    update: ppo.PPOUpdateConfig = field(default_factory=lambda: ppo.PPOUpdateConfig(4, 2))
+    """Epochs x minibatches per rollout batch."""
+    learning_rate: float = 0.1
+    """Adam step size for the logits and value tables."""
+    anneal_lr: bool = True
+    """Linearly decay the step size to 0 (removes the stochastic-gradient noise floor)."""
+    clip_eps: float = 0.2
+    """PPO ratio clip epsilon."""
+    clip_eps_v: float | None = None
+    """Value clip epsilon (None = unclipped value loss)."""
+    vf_coef: float = 0.5
+    """Weight of the value loss; 0 keeps V = 0 (no critic)."""
+    gamma: float = 1.0
+    """Discount (1: the response is one episode)."""
+    lam: float = 0.95
+    """GAE lambda."""
+    whiten_advantages: bool = True
+    """Normalise advantages over the batch."""
+    kl_kind: str = "k1"
+    """KL estimator in the shaped reward (k1: the sum is exactly log pi/pi_ref)."""
+
+
+def _ppo_loss_fn(cfg: TabularPPOConfig):
+    def loss_fn(params, mb):
+        new_logps = tabular.token_logprobs(params, mb["prompt_ids"], mb["responses"])  # [b, K]
+        pg_loss, metrics = ppo.policy_loss(new_logps, mb["old_logps"], mb["advantages"],
+                                           mb["mask"], cfg.clip_eps)
+        new_values = tabular.token_values(params, mb["prompt_ids"], mb["responses"])  # [b, K]
+        v_loss, v_metrics = ppo.value_loss(new_values, mb["old_values"], mb["returns"],
+                                           mb["mask"], cfg.clip_eps_v)
+        return pg_loss + cfg.vf_coef * v_loss, {**metrics, **v_metrics}
+
+    return loss_fn
+
+
+def _ppo_rollout(params, ref_params, world: ExactWorld, cfg: TabularPPOConfig, key):
+    """Sample a batch, shape rewards, run GAE: everything ppo_update needs."""
+    P, A = world.reward.shape[0], world.ref_logits.shape[-1]
+    prompt_ids = jnp.arange(cfg.batch_size, dtype=jnp.int32) % P  # [B]
+    responses, old_logps = tabular.sample(params, prompt_ids, key)  # [B, K] each
+    ref_logps = tabular.token_logprobs(ref_params, prompt_ids, responses)  # [B, K]
+    mask = jnp.ones_like(old_logps)  # every position of the tabular response is an action
+    scores = world.reward[prompt_ids, exact.response_index(responses, A)]  # [B]
+    rewards = ppo.shape_rewards(scores, old_logps - ref_logps, mask, cfg.beta, cfg.kl_kind)
+    values = tabular.token_values(params, prompt_ids, responses)  # [B, K]
+    advantages, returns = ppo.gae(rewards, values, mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = ppo.whiten(advantages, mask)
+    batch = {"prompt_ids": prompt_ids, "responses": responses, "old_logps": old_logps,
+             "old_values": values, "advantages": advantages, "returns": returns, "mask": mask}
+    stats = {"rollout/score": jnp.mean(scores),
+             "rollout/kl_k1": jnp.mean(jnp.sum(old_logps - ref_logps, -1)),
+             "rollout/explained_variance": ppo.explained_variance(values, returns, mask)}
+    return batch, stats
+
+
+def run_ppo(world: ExactWorld, cfg: TabularPPOConfig, key: jax.Array):
+    """Train a tabular policy with PPO from pi_ref; one jittable pure function of `key`.
+
+    Returns (params, history) with history[name] of shape [n_iterations]
+    (exact/* metrics are measured after each iteration's update).
+    """
+    A, K = world.ref_logits.shape[-1], world.responses.shape[-1]
+    ref_params = tabular.init_tabular_from_logprobs(world.logp_ref, A, K)
+    params = {"logits": ref_params["logits"],
+              "values": jnp.zeros(ref_params["logits"].shape[:2])}  # [P, n_prefixes]
+    steps = cfg.n_iterations * cfg.update.n_epochs * cfg.update.n_minibatches
+    state = TrainState.create(apply_fn=None, params=params,
+                              tx=_adam(cfg.learning_rate, steps, cfg.anneal_lr))
+    logp_star = exact.optimal_policy(world.logp_ref, world.reward, cfg.beta)
+    loss_fn = _ppo_loss_fn(cfg)
+
+    def iteration(state, it_key):
+        k_rollout, k_update = jax.random.split(it_key)
+        batch, stats = _ppo_rollout(state.params, ref_params, world, cfg, k_rollout)
+        state, metrics = ppo.ppo_update(state, batch, k_update, loss_fn, cfg.update)
+        metrics = jax.tree_util.tree_map(jnp.mean, metrics)
+        return state, {**metrics, **stats, **exact_metrics(state.params, world, logp_star)}
+
+    state, history = jax.lax.scan(iteration, state, jax.random.split(key, cfg.n_iterations))
+    return state.params, history
+
+
+# ----------------------------------------------------------------------------- DPO / IPO
+
+
+@dataclass(frozen=True)
+class TabularDPOConfig:
+    beta: float = 0.5
+    """KL strength: DPO's population optimum is pi*_beta."""
+    loss_type: str = "dpo"
+    """"dpo" (Rafailov et al. 2023 eq. 7, with label_smoothing: cDPO) or "ipo" (Azar et al.)."""
+    label_smoothing: float = 0.0
+    """cDPO epsilon (dpo only)."""
+    population: bool = False
+    """True: exact expected loss over all pairs (infinite data); False: a sampled dataset."""
+    n_pairs_per_prompt: int = 4096
+    """Size of the sampled dataset per prompt (population=False)."""
+    batch_size: int = 256
+    """Pairs per gradient step, drawn with replacement (population=False)."""
+    n_steps: int = 600
+    """Gradient steps."""
+    learning_rate: float = 0.05
+    """Adam step size."""
+    anneal_lr: bool = True
+    """Linearly decay the step size to 0."""
+
+
+class PreferencePairs(NamedTuple):
+    prompt_ids: jax.Array  # [M] int32
+    chosen: jax.Array  # [M] int32 index of y_w in world.responses
+    rejected: jax.Array  # [M] int32 index of y_l
+    weights: jax.Array  # [M] probability of this (prompt, chosen, rejected); 1/M when sampled
+
+
+def sample_preference_pairs(world: ExactWorld, n_pairs_per_prompt: int, key) -> PreferencePairs:
+    """y1, y2 ~ pi_ref iid per prompt; y1 wins with prob sigmoid(r(y1) - r(y2)) (Bradley-Terry).
+
+    Pairs with y1 == y2 are kept: their DPO gradient is exactly zero.
+    """
+    P = world.reward.shape[0]
+    k1, k2, k_label = jax.random.split(key, 3)
+    prompt_ids = jnp.repeat(jnp.arange(P, dtype=jnp.int32), n_pairs_per_prompt)  # [M]
+    logits = world.logp_ref[prompt_ids]  # [M, N]
+    y1 = jax.random.categorical(k1, logits).astype(jnp.int32)
+    y2 = jax.random.categorical(k2, logits).astype(jnp.int32)
+    p_y1_wins = jax.nn.sigmoid(world.reward[prompt_ids, y1] - world.reward[prompt_ids, y2])
+    y1_wins = jax.random.bernoulli(k_label, p_y1_wins)
+    M = prompt_ids.shape[0]
+    return PreferencePairs(prompt_ids, jnp.where(y1_wins, y1, y2), jnp.where(y1_wins, y2, y1),
+                           jnp.full((M,), 1.0 / M))
+
+
+def population_preference_pairs(world: ExactWorld) -> PreferencePairs:
+    """Every ordered (prompt, y_w, y_l) with its probability under the sampling process:
+    (1/P) * 2 pi_ref(y_w) pi_ref(y_l) sigmoid(r(y_w) - r(y_l))  (sums to 1)."""
+    P, N = world.reward.shape
+    p_ids, w_ids, l_ids = jnp.meshgrid(jnp.arange(P), jnp.arange(N), jnp.arange(N), indexing="ij")
+    pi_ref = jnp.exp(world.logp_ref)
+    r = world.reward
+    weights = (2.0 / P) * pi_ref[:, :, None] * pi_ref[:, None, :] * jax.nn.sigmoid(
+        r[:, :, None] - r[:, None, :])  # [P, N, N]
+    return PreferencePairs(*(x.reshape(-1).astype(jnp.int32) for x in (p_ids, w_ids, l_ids)),
+                           weights.reshape(-1))
+
+
+def preference_loss(params, ref_params, world: ExactWorld, pairs: PreferencePairs, cfg):
+    """Weighted preference loss sum_m weights_m * loss(pair m), reusing dpo.py per pair."""
+    def seq_logps(p, idx):  # summed over tokens, like a language model
+        return tabular.token_logprobs(p, pairs.prompt_ids, world.responses[idx]).sum(-1)  # [M]
+
+    args = (seq_logps(params, pairs.chosen), seq_logps(params, pairs.rejected),
+            seq_logps(ref_params, pairs.chosen), seq_logps(ref_params, pairs.rejected))
+
+    def one_pair(*xs):  # the library loss on a batch of one pair
+        if cfg.loss_type == "ipo":
+            return ipo_loss(*(x[None] for x in xs), cfg.beta)[0]
+        return dpo_loss(*(x[None] for x in xs), cfg.beta, cfg.label_smoothing)[0]
+
+    if cfg.loss_type not in ("dpo", "ipo"):
+        raise ValueError(f"exact_training.py: loss_type must be 'dpo' or 'ipo', got {cfg.loss_type!r}")
+    return jnp.sum(pairs.weights * jax.vmap(one_pair)(*args))
+
+
+def run_dpo(world: ExactWorld, cfg: TabularDPOConfig, key: jax.Array):
+    """Train a tabular policy with DPO / IPO from pi_ref; one jittable pure function of `key`.
+
+    Returns (params, history) with history[name] of shape [n_steps].
+    """
+    A, K = world.ref_logits.shape[-1], world.responses.shape[-1]
+    ref_params = tabular.init_tabular_from_logprobs(world.logp_ref, A, K)
+    k_data, k_steps = jax.random.split(key)
+    if cfg.population:
+        pairs = population_preference_pairs(world)
+    else:
+        pairs = sample_preference_pairs(world, cfg.n_pairs_per_prompt, k_data)
+    state = TrainState.create(apply_fn=None, params=ref_params,
+                              tx=_adam(cfg.learning_rate, cfg.n_steps, cfg.anneal_lr))
+    logp_star = exact.optimal_policy(world.logp_ref, world.reward, cfg.beta)
+    M = pairs.prompt_ids.shape[0]
+
+    def step(state, step_key):
+        if cfg.population:
+            batch = pairs
+        else:
+            idx = jax.random.randint(step_key, (cfg.batch_size,), 0, M)
+            batch = jax.tree_util.tree_map(lambda x: x[idx], pairs)._replace(
+                weights=jnp.full((cfg.batch_size,), 1.0 / cfg.batch_size))
+        loss, grads = jax.value_and_grad(preference_loss)(state.params, ref_params, world,
+                                                          batch, cfg)
+        state = state.apply_gradients(grads=grads)
+        return state, {"loss": loss, **exact_metrics(state.params, world, logp_star)}
+
+    state, history = jax.lax.scan(step, state, jax.random.split(k_steps, cfg.n_steps))
+    return state.params, history

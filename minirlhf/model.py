@@ -1,0 +1,261 @@
+"""The tiny GPT, written out as pure functions over a parameter pytree.
+
+A decoder-only transformer (Radford et al. 2019, GPT-2 layout) with pre-LayerNorm
+blocks, learned position embeddings and a weight-tied unembedding:
+
+    h_0     = W_te[x_t] + W_pe[pos_t]
+    h'_l    = h_{l-1} + Attn(LN(h_{l-1}))                      (causal, multi-head)
+    h_l     = h'_l    + MLP(LN(h'_l))                          MLP(u) = W_2 gelu(W_1 u + b_1) + b_2
+    logits  = LN(h_L) @ W_te^T                                  (weight tying)
+
+No flax modules: `init_params(key, cfg)` returns a nested dict, `forward` is a
+function of (params, tokens, attention_mask).  The layers' parameters are stacked
+along a leading [L] axis and the blocks run under `lax.scan`, which keeps compile
+time flat in depth (one block is traced once, not L times).
+
+Padding convention (shared by the whole package): `attention_mask [B, T]` is 1 on
+real tokens and 0 on pads; position ids are `cumsum(mask) - 1`, so right-padded
+training batches and left-padded generation batches see the same positions for
+the same real tokens, and a query never attends to a pad key.
+
+Scalar heads (reward model, value function) are separate small pytrees so the
+policy, the reward model and the value function can share a backbone or not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -1e9  # finite "minus infinity": a fully masked row gives a uniform softmax, never NaN
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+    """Hyper-parameters of the tiny GPT."""
+
+    vocab_size: int = 512
+    """V: number of token ids (the tokenizer's vocabulary, padded up is fine)."""
+    max_len: int = 64
+    """Longest sequence (prompt + response) the position table covers."""
+    n_layer: int = 4
+    """L: number of transformer blocks."""
+    n_head: int = 4
+    """H: attention heads per block; d_model must be divisible by it."""
+    d_model: int = 128
+    """D: width of the residual stream."""
+    mlp_ratio: int = 4
+    """The MLP's hidden width is mlp_ratio * D."""
+    attention: str = "explicit"
+    """"explicit" (scores, mask, softmax written out) or "fused" (jax.nn.dot_product_attention)."""
+    compute_dtype: str = "float32"
+    """dtype of matmuls/activations: "float32" or "bfloat16" (params stay float32; softmax,
+    LayerNorm statistics and log-probs are always computed in float32)."""
+
+    def __post_init__(self):
+        if self.d_model % self.n_head:
+            raise ValueError(f"GPTConfig: d_model={self.d_model} is not divisible by n_head={self.n_head}")
+        if self.attention not in ("explicit", "fused"):
+            raise ValueError(f"GPTConfig.attention: expected 'explicit' or 'fused', got {self.attention!r}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"GPTConfig.compute_dtype: expected 'float32' or 'bfloat16', got {self.compute_dtype!r}")
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_head
+
+
+# ----------------------------------------------------------------------------- init
+
+def init_params(key: jax.Array, cfg: GPTConfig) -> dict:
+    """GPT-2 initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm gains, and the
+    residual output projections scaled by 1/sqrt(2L) (Radford et al. 2019, sec. 2.3)."""
+    L, D, F, V = cfg.n_layer, cfg.d_model, cfg.mlp_ratio * cfg.d_model, cfg.vocab_size
+    k_te, k_pe, k_qkv, k_o, k_in, k_out = jax.random.split(key, 6)
+    normal = lambda k, shape, std=0.02: std * jax.random.normal(k, shape, jnp.float32)
+    resid_std = 0.02 / math.sqrt(2 * L)
+    ln = lambda *lead: {"g": jnp.ones((*lead, D)), "b": jnp.zeros((*lead, D))}
+    return {
+        "wte": normal(k_te, (V, D)),                     # [V, D] token embedding = unembedding
+        "wpe": normal(k_pe, (cfg.max_len, D)),           # [Tmax, D]
+        "blocks": {                                      # every leaf stacked over layers: [L, ...]
+            "ln1": ln(L),
+            "w_qkv": normal(k_qkv, (L, D, 3 * D)), "b_qkv": jnp.zeros((L, 3 * D)),
+            "w_o": normal(k_o, (L, D, D), resid_std), "b_o": jnp.zeros((L, D)),
+            "ln2": ln(L),
+            "w_in": normal(k_in, (L, D, F)), "b_in": jnp.zeros((L, F)),
+            "w_out": normal(k_out, (L, F, D), resid_std), "b_out": jnp.zeros((L, D)),
+        },
+        "ln_f": ln(),
+    }
+
+
+def init_scalar_head(key: jax.Array, cfg: GPTConfig) -> dict:
+    """A linear head h -> w.h + b giving one scalar per position (reward or value head)."""
+    return {"w": 0.02 * jax.random.normal(key, (cfg.d_model,)), "b": jnp.zeros(())}
+
+
+def count_params(params) -> int:
+    return sum(x.size for x in jax.tree_util.tree_leaves(params))
+
+
+# ----------------------------------------------------------------------------- layers
+
+def layer_norm(x, p, eps: float = 1e-5):
+    """LN(x) = g * (x - mean) / sqrt(var + eps) + b over the last axis (stats in float32)."""
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = ((x32 - mean) ** 2).mean(-1, keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + eps) * p["g"] + p["b"]).astype(x.dtype)
+
+
+def positions_from_mask(attention_mask):
+    """pos_t = (number of real tokens before t) — identical for left and right padding."""
+    return jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)  # [B, T]
+
+
+def attention_allowed(q_pos_idx, k_pos_idx, key_mask):
+    """allowed[b, 1, i, j] = (key column j <= query column i) and key j is not a pad."""
+    causal = k_pos_idx[None, :] <= q_pos_idx[:, None]                  # [Tq, Tk]
+    return causal[None, None] & (key_mask[:, None, None, :] > 0)        # [B, 1, Tq, Tk]
+
+
+def attend(q, k, v, allowed, cfg: GPTConfig):
+    """softmax(q k^T / sqrt(d_head) + mask) v  (Vaswani et al. 2017, eq. 1), per head.
+
+    q: [B, Tq, H, Dh], k, v: [B, Tk, H, Dh], allowed: [B, 1, Tq, Tk] -> [B, Tq, H, Dh].
+    """
+    if cfg.attention == "fused":
+        return jax.nn.dot_product_attention(q, k, v, mask=allowed)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)    # [B, H, Tq, Tk]
+    scores = scores / math.sqrt(q.shape[-1])
+    scores = jnp.where(allowed, scores, NEG_INF)                          # causal + padding mask
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)            # [B, H, Tq, Tk]
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)                      # [B, Tq, H, Dh]
+
+
+def mlp(x, p):
+    """W_out gelu(W_in x + b_in) + b_out on a flat [N, D] view.
+
+    Speed note: the matmuls run on 2-D [B*T, D] arrays rather than 3-D [B, T, D]
+    einsums; XLA's CPU backend emits much faster backward passes for plain 2-D dots.
+    """
+    B, T, D = x.shape
+    h = x.reshape(B * T, D) @ p["w_in"].astype(x.dtype) + p["b_in"].astype(x.dtype)   # [BT, F]
+    h = jax.nn.gelu(h, approximate=True)
+    out = h @ p["w_out"].astype(x.dtype) + p["b_out"].astype(x.dtype)                 # [BT, D]
+    return out.reshape(B, T, D)
+
+
+def qkv_proj(x, p, cfg: GPTConfig):
+    """x [B, T, D] -> q, k, v each [B, T, H, Dh]."""
+    B, T, D = x.shape
+    qkv = x.reshape(B * T, D) @ p["w_qkv"].astype(x.dtype) + p["b_qkv"].astype(x.dtype)  # [BT, 3D]
+    q, k, v = jnp.split(qkv.reshape(B, T, 3, cfg.n_head, cfg.d_head), 3, axis=2)
+    return q[:, :, 0], k[:, :, 0], v[:, :, 0]
+
+
+def out_proj(a, p):
+    """a [B, T, H, Dh] -> [B, T, D]: concatenate heads and project."""
+    B, T, H, Dh = a.shape
+    return (a.reshape(B * T, H * Dh) @ p["w_o"].astype(a.dtype) + p["b_o"].astype(a.dtype)).reshape(B, T, H * Dh)
+
+
+def block(x, p, allowed, cfg: GPTConfig):
+    """One pre-LN block: x + Attn(LN(x)), then + MLP(LN(.)).  Also returns this block's k, v."""
+    q, k, v = qkv_proj(layer_norm(x, p["ln1"]), p, cfg)
+    x = x + out_proj(attend(q, k, v, allowed, cfg), p)                    # [B, T, D]
+    x = x + mlp(layer_norm(x, p["ln2"]), p)                               # [B, T, D]
+    return x, (k, v)
+
+
+# ----------------------------------------------------------------------------- forward
+
+def embed(params, tokens, positions, cfg: GPTConfig):
+    dtype = jnp.dtype(cfg.compute_dtype)
+    return (params["wte"][tokens] + params["wpe"][positions]).astype(dtype)  # [B, T, D]
+
+
+class ForwardOut(NamedTuple):
+    logits: jax.Array   # [B, T, V] float32
+    hidden: jax.Array   # [B, T, D] final hidden states (after ln_f) for scalar heads
+    kv: tuple           # (k, v) each [L, B, T, H, Dh]: the KV cache of this pass
+
+
+def forward(params: dict, tokens, attention_mask, cfg: GPTConfig) -> ForwardOut:
+    """Run the GPT on tokens [B, T] with attention_mask [B, T] (1 = real token)."""
+    B, T = tokens.shape
+    if T > cfg.max_len:
+        raise ValueError(f"forward: sequence length {T} exceeds GPTConfig.max_len={cfg.max_len}")
+    x = embed(params, tokens, positions_from_mask(attention_mask), cfg)    # [B, T, D]
+    cols = jnp.arange(T)
+    allowed = attention_allowed(cols, cols, attention_mask)                # [B, 1, T, T]
+
+    def layer(x, p):
+        return block(x, p, allowed, cfg)
+
+    x, kv = jax.lax.scan(layer, x, params["blocks"])                        # over L layers
+    h = layer_norm(x, params["ln_f"]).astype(jnp.float32)
+    logits = jnp.einsum("btd,vd->btv", h, params["wte"])                    # [B, T, V]
+    return ForwardOut(logits, h, kv)
+
+
+# ----------------------------------------------------------------------------- log-probs
+
+def token_logprobs(logits, tokens, temperature: float = 1.0):
+    """logps[b, t] = log softmax(logits[b, t-1] / temperature)[tokens[b, t]], logps[:, 0] = 0.
+
+    The log-prob is aligned with the token it scores (see the package conventions).
+    logits: [B, T, V], tokens: [B, T] -> [B, T] float32.
+    """
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32) / temperature, axis=-1)  # [B, T-1, V]
+    picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]            # [B, T-1]
+    return jnp.pad(picked, ((0, 0), (1, 0)))                                              # [B, T]
+
+
+def masked_sum(x, mask):
+    """sum_t x[b, t] * mask[b, t] -> [B]: e.g. log pi(y|x) = sum over response tokens."""
+    return jnp.sum(x * mask, axis=-1)
+
+
+def sequence_logprobs(params, tokens, attention_mask, response_mask, cfg: GPTConfig,
+                      temperature: float = 1.0):
+    """log pi(y | x) = sum_{t in response} log pi(y_t | x, y_<t)  -> [B] (summed, not averaged)."""
+    logits = forward(params, tokens, attention_mask, cfg).logits
+    return masked_sum(token_logprobs(logits, tokens, temperature), response_mask)
+
+
+def cross_entropy_loss(logits, tokens, loss_mask):
+    """Next-token cross-entropy averaged over the tokens where loss_mask = 1:
+
+        L = - (1/N) sum_{t: m_t=1} log softmax(z_{t-1})[x_t]
+
+    Its gradient w.r.t. z_{t-1} is (softmax(z_{t-1}) - onehot(x_t)) m_t / N.
+    """
+    logps = token_logprobs(logits, tokens)                                  # [B, T]
+    n = jnp.maximum(loss_mask.sum(), 1)
+    return -(logps * loss_mask).sum() / n
+
+
+# ----------------------------------------------------------------------------- heads
+
+def last_token_index(attention_mask):
+    """Column of the last real (non-pad) token of each row, for left or right padding. -> [B]"""
+    T = attention_mask.shape[-1]
+    return T - 1 - jnp.argmax(attention_mask[:, ::-1] > 0, axis=-1)
+
+
+def scalar_head(head, hidden):
+    """s[b, t] = w . h[b, t] + b  -> [B, T] (the value head V(s_t))."""
+    return hidden.astype(jnp.float32) @ head["w"] + head["b"]
+
+
+def reward_from_hidden(head, hidden, attention_mask):
+    """r(x, y) = w . h_last + b, read at the last non-pad token (the eos when there is one). -> [B]"""
+    idx = last_token_index(attention_mask)                                  # [B]
+    h_last = jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]  # [B, D]
+    return h_last.astype(jnp.float32) @ head["w"] + head["b"]

@@ -1,0 +1,104 @@
+"""Stage 02: pretrain the tiny GPT on the noisy capitals corpus (next-token cross-entropy).
+
+    L(theta) = - (1/N) sum_docs sum_t log p_theta(x_t | x_<t)        over `<bos> doc <eos>`
+
+Each corpus document is one row `<bos> doc <eos>` (right-padded); the loss covers every real
+token after <bos>, eos included, so the base model learns where documents end.
+
+`ensure_tokenizer` and `ensure_base_model` are what later stages call: they load the artifact
+from `runs/` or, when it is missing, build it (training the tokenizer / running this stage).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from tokenizers import Tokenizer
+
+from minirlhf.checkpoint import load_checkpoint, save_checkpoint
+from minirlhf.model import GPTConfig, cross_entropy_loss, forward, init_params
+from minirlhf.paths import runs_dir
+from minirlhf.tokenizer import encode_batch, load_or_train_tokenizer
+from minirlhf.training import (Progress, batches, init_train_state, make_optimizer,
+                               make_train_step)
+from minirlhf.worlds.capitals import CapitalsConfig, make_corpus, tokenizer_training_texts
+
+SEQ_LEN = 48  # longest corpus document is 46 tokens + bos + eos; see lesson 01
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """Pretraining run: model size, optimisation, data."""
+
+    model: GPTConfig = GPTConfig(vocab_size=512, max_len=64, n_layer=4, n_head=4, d_model=128)
+    """The GPT; vocab_size must cover the tokenizer (512)."""
+    steps: int = 600
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Documents per step."""
+    lr: float = 3e-3
+    """Peak AdamW learning rate (warmup then cosine decay to 10%)."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay."""
+    seed: int = 0
+    """Seeds the init and the batch order."""
+
+    @classmethod
+    def smoke(cls) -> "PretrainConfig":
+        return cls(model=GPTConfig(vocab_size=512, max_len=64, n_layer=1, n_head=2, d_model=32),
+                   steps=30, batch_size=16)
+
+
+def ensure_tokenizer(smoke: bool) -> Tokenizer:
+    """runs/tokenizer.json, trained deterministically on the capitals texts when missing."""
+    return load_or_train_tokenizer(runs_dir(smoke) / "tokenizer.json",
+                                   tokenizer_training_texts(CapitalsConfig()))
+
+
+def corpus_arrays(tok: Tokenizer, world: CapitalsConfig = CapitalsConfig()) -> dict:
+    """The whole corpus encoded once: tokens/attention_mask/loss_mask, each [N_docs, SEQ_LEN]."""
+    docs = make_corpus(world).docs
+    enc = encode_batch(tok, [""] * len(docs), docs, max_len=SEQ_LEN)   # <bos> doc <eos>
+    return {"tokens": enc.tokens, "attention_mask": enc.attention_mask, "loss_mask": enc.response_mask}
+
+
+def lm_loss(params, batch, cfg: GPTConfig):
+    """Masked next-token cross-entropy of a batch {tokens, attention_mask, loss_mask}."""
+    logits = forward(params, batch["tokens"], batch["attention_mask"], cfg).logits   # [B, T, V]
+    loss = cross_entropy_loss(logits, batch["tokens"], batch["loss_mask"])
+    return loss, {}
+
+
+def train_lm(params, arrays: dict, cfg: GPTConfig, *, steps: int, batch_size: int, lr: float,
+             weight_decay: float, seed: int, name: str, quiet: bool = False):
+    """Run `steps` AdamW steps of `lm_loss` on `arrays`; returns (params, loss history)."""
+    optimizer = make_optimizer(lr, steps, weight_decay=weight_decay)
+    step_fn = make_train_step(lambda p, b: lm_loss(p, b, cfg), optimizer)
+    state, history = init_train_state(params, optimizer), []
+    progress = Progress(name, steps, quiet=quiet)
+    for i, batch in enumerate(batches(np.random.default_rng(seed), arrays, batch_size, steps), 1):
+        state, metrics = step_fn(state, batch)
+        history.append(float(metrics["loss"]))
+        progress(i, {"loss": metrics["loss"]})
+    return state.params, np.array(history)
+
+
+def pretrain(tok: Tokenizer, cfg: PretrainConfig, quiet: bool = False):
+    """Train a fresh GPT on the corpus -> (params, loss history)."""
+    params = init_params(jax.random.PRNGKey(cfg.seed), cfg.model)
+    return train_lm(params, corpus_arrays(tok), cfg.model, steps=cfg.steps, batch_size=cfg.batch_size,
+                    lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed, name="pretrain", quiet=quiet)
+
+
+def ensure_base_model(smoke: bool):
+    """The base model from runs/base.ckpt, pretrained (and saved) first when missing."""
+    path = runs_dir(smoke) / "base.ckpt"
+    if not path.exists():
+        print(f"[pretrain] {path} missing: pretraining the base model (lesson 02's stage)")
+        cfg = PretrainConfig.smoke() if smoke else PretrainConfig()
+        params, history = pretrain(ensure_tokenizer(smoke), cfg)
+        save_checkpoint(path, params, cfg.model, {"stage": "pretrain", "final_loss": float(history[-1])})
+    params, model_cfg, _ = load_checkpoint(path)
+    return params, model_cfg

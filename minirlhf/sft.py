@@ -1,0 +1,68 @@
+"""Stage 03: supervised fine-tuning on the Q/A demonstrations -> the reference policy pi_ref.
+
+    L_SFT(theta) = - (1/N) sum_(x, y) in D_demo  sum_{t in y} log pi_theta(y_t | x, y_<t)
+
+The loss is masked to the response tokens (the final eos included): the model is not asked to
+predict the question, only the answer to it, and learns to stop.  The resulting checkpoint is
+pi_ref of lessons 04-07 (the anchor of the KL penalty in PPO and of the log-ratios in DPO).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tokenizers import Tokenizer
+
+from minirlhf.checkpoint import load_checkpoint, save_checkpoint
+from minirlhf.paths import runs_dir
+from minirlhf.pretrain import SEQ_LEN, ensure_base_model, ensure_tokenizer, train_lm
+from minirlhf.tokenizer import encode_batch
+from minirlhf.worlds.capitals import CapitalsConfig, make_sft_demos
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    """Fine-tuning run on the demonstrations."""
+
+    steps: int = 150
+    """Optimizer steps (about 19 epochs of the 256 demonstrations at batch 32)."""
+    batch_size: int = 32
+    """Demonstrations per step."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    seed: int = 0
+    """Seeds the batch order."""
+
+    @classmethod
+    def smoke(cls) -> "SFTConfig":
+        return cls(steps=10, batch_size=16)
+
+
+def demo_arrays(tok: Tokenizer, prompts, responses) -> dict:
+    """(prompt, response) pairs -> {tokens, attention_mask, loss_mask = response_mask} [N, SEQ_LEN]."""
+    enc = encode_batch(tok, prompts, responses, max_len=SEQ_LEN)
+    return {"tokens": enc.tokens, "attention_mask": enc.attention_mask, "loss_mask": enc.response_mask}
+
+
+def sft(params, model_cfg, tok: Tokenizer, cfg: SFTConfig, world: CapitalsConfig = CapitalsConfig(),
+        quiet: bool = False):
+    """Fine-tune `params` on the capitals demonstrations -> (params, loss history)."""
+    demos = make_sft_demos(world)
+    arrays = demo_arrays(tok, [d.prompt for d in demos], [d.response for d in demos])
+    return train_lm(params, arrays, model_cfg, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                    weight_decay=cfg.weight_decay, seed=cfg.seed, name="sft", quiet=quiet)
+
+
+def ensure_sft_model(smoke: bool):
+    """pi_ref from runs/sft.ckpt; fine-tuned from the base model (built if needed) when missing."""
+    path = runs_dir(smoke) / "sft.ckpt"
+    if not path.exists():
+        print(f"[sft] {path} missing: fine-tuning the base model (lesson 03's stage)")
+        base, model_cfg = ensure_base_model(smoke)
+        params, history = sft(base, model_cfg, ensure_tokenizer(smoke),
+                              SFTConfig.smoke() if smoke else SFTConfig())
+        save_checkpoint(path, params, model_cfg, {"stage": "sft", "final_loss": float(history[-1])})
+    params, model_cfg, _ = load_checkpoint(path)
+    return params, model_cfg

@@ -1,0 +1,89 @@
+"""Generic training machinery shared by every stage: optimizer, jitted step, batches, progress.
+
+A stage supplies `loss_fn(params, batch) -> (loss, metrics)`; `make_train_step` turns it into
+one jitted function doing forward, backward and the optimizer update.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+class TrainState(NamedTuple):
+    params: dict          # the pytree being trained
+    opt_state: tuple      # optax state
+    step: jax.Array       # scalar int32
+
+
+def make_optimizer(lr: float, total_steps: int, warmup_steps: int = 20, weight_decay: float = 0.0,
+                   max_grad_norm: float = 1.0) -> optax.GradientTransformation:
+    """AdamW (Loshchilov & Hutter 2019) with linear warmup, cosine decay to 10% and global-norm clipping."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, lr, warmup_steps=min(warmup_steps, max(total_steps - 1, 1)),
+        decay_steps=max(total_steps, 2), end_value=0.1 * lr)
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm),
+                       optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=weight_decay))
+
+
+def init_train_state(params, optimizer) -> TrainState:
+    return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation):
+    """state, batch -> state, metrics: forward + backward + update, all under one jit."""
+
+    @jax.jit
+    def train_step(state: TrainState, batch):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
+        return TrainState(params, opt_state, state.step + 1), metrics
+
+    return train_step
+
+
+def batches(rng: np.random.Generator, arrays: dict, batch_size: int, steps: int):
+    """Yield `steps` minibatches (dicts of numpy arrays) from shuffled epochs over `arrays`.
+
+    The data is small and already encoded, so a batch is one fancy-index: the pipeline never
+    holds the jitted step back.
+    """
+    n = len(next(iter(arrays.values())))
+    if n < batch_size:
+        raise ValueError(f"batches: dataset has {n} rows, fewer than batch_size={batch_size}")
+    order, pos = rng.permutation(n), 0
+    for _ in range(steps):
+        if pos + batch_size > n:
+            order, pos = rng.permutation(n), 0
+        idx = order[pos:pos + batch_size]
+        pos += batch_size
+        yield {k: v[idx] for k, v in arrays.items()}
+
+
+class Progress:
+    """Prints `step, metrics, steps/s` about `n_prints` times over a run (never floods)."""
+
+    def __init__(self, name: str, total: int, n_prints: int = 8, quiet: bool = False):
+        self.name, self.total, self.quiet = name, total, quiet
+        self.every = max(total // n_prints, 1)
+        self.t0 = self.t_last = time.perf_counter()
+        self.last_step = 0
+
+    def __call__(self, step: int, metrics: dict):
+        if self.quiet or not (step % self.every == 0 or step == self.total):
+            return
+        now = time.perf_counter()
+        rate = (step - self.last_step) / max(now - self.t_last, 1e-9)
+        self.t_last, self.last_step = now, step
+        shown = "  ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
+        print(f"[{self.name}] step {step:>5}/{self.total}  {shown}  ({rate:.1f} steps/s)", flush=True)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0

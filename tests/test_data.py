@@ -1,0 +1,60 @@
+"""Preference JSONL: round trip, atomic writes, and one test per validation error."""
+
+import json
+
+import pytest
+
+from minirlhf.data import read_preferences, write_preferences
+
+REC = {"prompt": "What's the capital of France?", "chosen": " The capital of France is Paris.",
+       "rejected": " The capital of France is Berlin.", "p_chosen": 0.98}
+
+
+def test_round_trip_keeps_extra_fields(tmp_path):
+    recs = [REC, {**REC, "chosen": " Paris.", "note": "ok"}]
+    path = write_preferences(tmp_path / "sub" / "prefs.jsonl", recs)
+    assert read_preferences(path) == recs
+    assert [p.name for p in path.parent.iterdir()] == ["prefs.jsonl"]  # no temp file left
+
+
+def test_a_bad_record_writes_nothing(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    write_preferences(path, [REC])
+    with pytest.raises(ValueError, match=r"record 1: field 'chosen': expected str, got int"):
+        write_preferences(path, [REC, {**REC, "chosen": 3}])
+    assert read_preferences(path) == [REC]                    # old file intact
+    assert [p.name for p in tmp_path.iterdir()] == ["prefs.jsonl"]
+
+
+def _write_lines(tmp_path, lines):
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def test_bad_json_names_file_and_line(tmp_path):
+    path = _write_lines(tmp_path, [json.dumps(REC), '{"prompt": "x",'])
+    with pytest.raises(ValueError, match=r"prefs\.jsonl line 2: invalid JSON"):
+        read_preferences(path)
+
+
+def test_missing_field_names_the_field(tmp_path):
+    rec = {k: v for k, v in REC.items() if k != "rejected"}
+    path = _write_lines(tmp_path, [json.dumps(REC), json.dumps(REC), json.dumps(rec)])
+    with pytest.raises(ValueError, match=r"line 3: missing field 'rejected'"):
+        read_preferences(path)
+
+
+def test_wrong_type_names_field_expected_and_got(tmp_path):
+    path = _write_lines(tmp_path, [json.dumps({**REC, "prompt": None})])
+    with pytest.raises(ValueError, match=r"line 1: field 'prompt': expected str, got NoneType"):
+        read_preferences(path)
+
+
+def test_non_object_line_and_empty_line(tmp_path):
+    path = _write_lines(tmp_path, [json.dumps(["a", "b", "c"])])
+    with pytest.raises(ValueError, match=r"line 1: expected a JSON object, got list"):
+        read_preferences(path)
+    path = _write_lines(tmp_path, [json.dumps(REC), ""])
+    with pytest.raises(ValueError, match=r"line 2: empty line"):
+        read_preferences(path)
