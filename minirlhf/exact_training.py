@@ -158,8 +158,8 @@ class TabularDPOConfig:
     """True: exact expected loss over all pairs (infinite data); False: a sampled dataset."""
     n_pairs_per_prompt: int = 4096
     """Size of the sampled dataset per prompt (population=False)."""
-    batch_size: int = 256
-    """Pairs per gradient step, drawn with replacement (population=False)."""
+    batch_size: int | None = 1024
+    """Pairs per gradient step, drawn with replacement (population=False); None: full batch."""
     n_steps: int = 600
     """Gradient steps."""
     learning_rate: float = 0.05
@@ -193,17 +193,33 @@ def sample_preference_pairs(world: ExactWorld, n_pairs_per_prompt: int, key) -> 
                            jnp.full((M,), 1.0 / M))
 
 
+def pairs_on_grid(weights: jax.Array) -> PreferencePairs:
+    """All ordered (prompt, y_w, y_l) triples with the given weights [P, N, N] (flattened)."""
+    P, N, _ = weights.shape
+    p_ids, w_ids, l_ids = jnp.meshgrid(jnp.arange(P), jnp.arange(N), jnp.arange(N), indexing="ij")
+    return PreferencePairs(*(x.reshape(-1).astype(jnp.int32) for x in (p_ids, w_ids, l_ids)),
+                           weights.reshape(-1))
+
+
 def population_preference_pairs(world: ExactWorld) -> PreferencePairs:
     """Every ordered (prompt, y_w, y_l) with its probability under the sampling process:
     (1/P) * 2 pi_ref(y_w) pi_ref(y_l) sigmoid(r(y_w) - r(y_l))  (sums to 1)."""
-    P, N = world.reward.shape
-    p_ids, w_ids, l_ids = jnp.meshgrid(jnp.arange(P), jnp.arange(N), jnp.arange(N), indexing="ij")
-    pi_ref = jnp.exp(world.logp_ref)
-    r = world.reward
+    P = world.reward.shape[0]
+    pi_ref, r = jnp.exp(world.logp_ref), world.reward  # [P, N]
     weights = (2.0 / P) * pi_ref[:, :, None] * pi_ref[:, None, :] * jax.nn.sigmoid(
         r[:, :, None] - r[:, None, :])  # [P, N, N]
-    return PreferencePairs(*(x.reshape(-1).astype(jnp.int32) for x in (p_ids, w_ids, l_ids)),
-                           weights.reshape(-1))
+    return pairs_on_grid(weights)
+
+
+def empirical_preference_pairs(pairs: PreferencePairs, n_prompts: int, n_responses: int):
+    """A sampled dataset as empirical frequencies on the pair grid.
+
+    For a tabular policy sum_m loss(pair m) / M only depends on how often each
+    (prompt, y_w, y_l) occurs, so full-batch training on M pairs costs P N^2 per step.
+    """
+    flat = (pairs.prompt_ids * n_responses + pairs.chosen) * n_responses + pairs.rejected
+    weights = jnp.zeros(n_prompts * n_responses**2).at[flat].add(pairs.weights)
+    return pairs_on_grid(weights.reshape(n_prompts, n_responses, n_responses))
 
 
 def preference_loss(params, ref_params, world: ExactWorld, pairs: PreferencePairs, cfg):
@@ -236,13 +252,15 @@ def run_dpo(world: ExactWorld, cfg: TabularDPOConfig, key: jax.Array):
         pairs = population_preference_pairs(world)
     else:
         pairs = sample_preference_pairs(world, cfg.n_pairs_per_prompt, k_data)
+        if cfg.batch_size is None:  # full batch: the same loss, summarised by pair counts
+            pairs = empirical_preference_pairs(pairs, *world.reward.shape)
     state = TrainState.create(apply_fn=None, params=ref_params,
                               tx=_adam(cfg.learning_rate, cfg.n_steps, cfg.anneal_lr))
     logp_star = exact.optimal_policy(world.logp_ref, world.reward, cfg.beta)
     M = pairs.prompt_ids.shape[0]
 
     def step(state, step_key):
-        if cfg.population:
+        if cfg.population or cfg.batch_size is None:
             batch = pairs
         else:
             idx = jax.random.randint(step_key, (cfg.batch_size,), 0, M)
@@ -255,3 +273,39 @@ def run_dpo(world: ExactWorld, cfg: TabularDPOConfig, key: jax.Array):
 
     state, history = jax.lax.scan(step, state, jax.random.split(k_steps, cfg.n_steps))
     return state.params, history
+
+
+# ----------------------------------------------------------------------------- IPO vs DPO toy
+
+
+def deterministic_preference_toy(cfg: TabularDPOConfig, pairs: jax.Array, logp_ref: jax.Array):
+    """Azar et al. 2023 (sec. 4.2 / 5.1): DPO vs IPO when preferences are deterministic.
+
+    One prompt, n responses, a categorical policy (the tabular policy with K = 1), trained
+    full-batch on `pairs` [M, 2] of (winner, loser) indices that always come out the same way.
+    Each pair's empirical preference is 1, so DPO's sigma-loss is minimised only at
+    h = +inf: the loser's probability goes to 0 whatever beta is -- the KL term is ignored.
+    IPO regresses every h to 1/(2 beta): its optimum is the least-squares solution of
+    those equations, finite and closer to pi_ref for larger beta.
+    logp_ref: [n] reference log-probs. Returns the trained log-probs [n].
+    """
+    n = logp_ref.shape[0]
+    params = {"logits": logp_ref.reshape(1, 1, n)}  # P = 1 prompt, 1 prefix node, A = n
+    ref_params = jax.tree_util.tree_map(jnp.copy, params)
+    loss = ipo_loss if cfg.loss_type == "ipo" else dpo_loss
+    if cfg.loss_type not in ("dpo", "ipo"):
+        raise ValueError(f"exact_training.py: loss_type must be 'dpo' or 'ipo', got {cfg.loss_type!r}")
+
+    def loss_fn(p):
+        logp, logp0 = (tabular.all_sequence_logprobs(q)[0] for q in (p, ref_params))  # [n]
+        return loss(logp[pairs[:, 0]], logp[pairs[:, 1]], logp0[pairs[:, 0]],
+                    logp0[pairs[:, 1]], cfg.beta)[0]
+
+    state = TrainState.create(apply_fn=None, params=params,
+                              tx=_adam(cfg.learning_rate, cfg.n_steps, cfg.anneal_lr))
+
+    def step(state, _):
+        return state.apply_gradients(grads=jax.grad(loss_fn)(state.params)), None
+
+    state, _ = jax.lax.scan(step, state, None, length=cfg.n_steps)
+    return tabular.all_sequence_logprobs(state.params)[0]

@@ -4,6 +4,7 @@ padding invariance, the cross-entropy gradient in closed form, finite difference
 (float64), and log-prob sums by a Python loop."""
 
 import dataclasses
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +24,15 @@ forward = jax.jit(model.forward, static_argnames="cfg")  # one compile per shape
 def make_params(seed: int, cfg: GPTConfig = CFG, std: float = 0.3) -> dict:
     """GPT-2 init plus N(0, std) noise on every leaf (biases and LayerNorm too), so attention
     is far from uniform and logits are far from flat: a wrong mask or position shows up."""
-    params = model.init_params(jax.random.PRNGKey(seed), cfg)
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1000), len(leaves))
+    shapes = dataclasses.replace(cfg, attention="explicit")  # params do not depend on it
+    return _noisy_init(jax.random.PRNGKey(seed), std, cfg=shapes)
+
+
+@partial(jax.jit, static_argnames="cfg")  # one compiled program instead of dozens of eager ops
+def _noisy_init(key, std, cfg):
+    k_init, k_noise = jax.random.split(key)
+    leaves, treedef = jax.tree_util.tree_flatten(model.init_params(k_init, cfg))
+    keys = jax.random.split(k_noise, len(leaves))
     noisy = [x + std * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
     return jax.tree_util.tree_unflatten(treedef, noisy)
 

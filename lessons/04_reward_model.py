@@ -1,0 +1,270 @@
+# %% [markdown]
+# # Lesson 04: the reward model
+#
+# RLHF never sees the gold reward r*.  It sees a rater comparing two answers.  This lesson
+# turns comparisons into a scalar reward r_phi(x, y) that PPO (lesson 05) can maximise:
+#
+# 1. **collect** pairs y1, y2 ~ pi_SFT(.|x) and let the simulated rater pick a winner;
+# 2. **fit** r_phi = (SFT transformer + linear head) with the Bradley-Terry loss, in two
+#    regimes: head only (a linear probe of the frozen SFT model) and full fine-tuning;
+# 3. **check** it against what real RLHF cannot see: the gold reward, on held-out and OOD
+#    prompts, and find where it goes wrong (the seed of reward hacking in lesson 05);
+# 4. **normalise** it and save it for lesson 05.
+#
+# Run with `python lessons/04_reward_model.py` (`--smoke` for the test run,
+# `--prefs PATH` to train on your own preference JSONL in the same format).
+
+# %%
+import argparse
+import dataclasses
+import time
+
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+
+from minirlhf import paths
+from minirlhf import reward as rm
+from minirlhf.data import read_preferences
+from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
+from minirlhf.reward_data import encode_responses, ensure_preferences, load_preference_data
+from minirlhf.sft import ensure_sft_model
+from minirlhf.worlds.capitals import CapitalsConfig
+
+t_start = time.time()
+args = paths.lesson_args()
+extra = argparse.ArgumentParser()
+extra.add_argument("--prefs", default=None,
+                   help="train on this preference JSONL (prompt/chosen/rejected [+ *_ended, ...]); "
+                        "held-out and OOD evaluation still use the collected capitals pairs")
+args.prefs = extra.parse_known_args()[0].prefs
+RUNS, FIGURES = paths.runs_dir(args.smoke), paths.figures_dir(args.smoke)
+rcfg = rm.RewardConfig.smoke() if args.smoke else rm.RewardConfig()
+rcfg = dataclasses.replace(rcfg, seed=args.seed)
+tau = CapitalsConfig().rater_tau
+tok = ensure_tokenizer(args.smoke)
+sft_params, cfg = ensure_sft_model(args.smoke)
+print(f"smoke={args.smoke} seed={args.seed}  runs -> {RUNS}  figures -> {FIGURES}")
+
+# %% [markdown]
+# ## 1. Collecting comparisons
+#
+# For each train prompt x the SFT model samples pairs (y1, y2) at temperature 1 (24 pairs
+# per prompt), and the rater of lesson 01 labels them:
+#
+#     P(y1 > y2 | x) = sigmoid((r*(x, y1) - r*(x, y2)) / tau),   tau = 0.5.
+#
+# The dataset D holds triplets (x, y_w, y_l) with metadata: the gold rewards, the rater's
+# probability p_chosen, whether each response ended with `<eos>` (a truncated answer must
+# stay truncated when re-encoded), and the split.  Pairs of two identical responses are
+# skipped: their label is a coin flip that carries no information.  Held-out prompts
+# (countries never in SFT) and OOD prompts (a new question template) get their own files.
+#
+# No reward model can beat the rater's own consistency: on a pair with probability p the
+# best possible accuracy is max(p, 1 - p).  Its mean is the **Bayes rate**.
+
+# %%
+pref_paths = ensure_preferences(args.smoke)          # runs[/smoke]/preferences_{split}.jsonl
+if args.prefs:
+    pref_paths = {**pref_paths, "train": args.prefs}  # validated by data.read_preferences
+data = load_preference_data(tok, pref_paths, SEQ_LEN)
+for split, d in data.items():
+    print(f"{split:8s} {len(d.p_chosen):4d} pairs from {pref_paths[split]}  "
+          f"Bayes rate {np.mean(np.maximum(d.p_chosen, 1 - d.p_chosen)):.3f}")
+for r in read_preferences(pref_paths["train"])[:4]:
+    print(f"  {r['prompt']!r}\n     chosen   {r['chosen']!r}\n     rejected {r['rejected']!r}"
+          f"  p_chosen={r.get('p_chosen', float('nan')):.2f}")
+
+# %% [markdown]
+# ## 2. The reward model and the Bradley-Terry loss
+#
+# The reward model is the SFT transformer with a linear head read at the **last non-pad
+# token** (the `<eos>` of a finished answer; by then the model has seen the whole answer):
+#
+#     r_phi(x, y) = w . h_phi(x, y)_last + b.
+#
+# It is fitted by maximum likelihood under the Bradley-Terry model (InstructGPT eq. 1):
+#
+#     L(phi) = -E_{(x, y_w, y_l) ~ D} [ log sigmoid(r_phi(x, y_w) - r_phi(x, y_l)) ].
+#
+# Only differences of rewards enter, so r_phi is identified up to a constant; and since the
+# rater used sigmoid(dr*/tau), the best r_phi is r*/tau + const (scale 2 here).
+# `rm.reward_loss` runs chosen and rejected through one forward pass; `regime="head"` puts a
+# stop_gradient on the backbone and masks its optimizer updates (the frozen backbone stays
+# bit-for-bit the SFT model), `regime="full"` trains everything.
+
+# %%
+k_head, k_ref = jax.random.split(jax.random.PRNGKey(args.seed))
+init = rm.init_reward_model(k_head, sft_params, cfg)
+trained, histories, train_time = {}, {}, {}
+for regime in rm.REGIMES:
+    t0 = time.time()
+    trained[regime], histories[regime] = rm.train_reward_model(
+        init, data["train"], cfg, rcfg, regime, eval_data=data["heldout"])
+    train_time[regime] = time.time() - t0
+    print(f"{regime}: {rcfg.steps} steps in {train_time[regime]:.1f} s")
+
+# %%
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+smooth = lambda v, k=10: np.convolve(v, np.ones(k) / k, mode="valid") if len(v) >= k else v
+for regime, h in histories.items():
+    line, = ax1.plot(smooth(h["loss"]), alpha=0.8, label=f"{regime}: train (moving avg)")
+    ax1.plot(h["eval_step"] - 1, h["eval_loss"], "o--", color=line.get_color(), label=f"{regime}: held-out")
+    ax2.plot(smooth(h["accuracy"]), color=line.get_color(), alpha=0.8, label=f"{regime}: train")
+    ax2.plot(h["eval_step"] - 1, h["eval_accuracy"], "o--", color=line.get_color(), label=f"{regime}: held-out")
+ax2.axhline(np.mean(np.maximum(data["heldout"].p_chosen, 1 - data["heldout"].p_chosen)), color="gray",
+            ls=":", label="held-out Bayes rate")
+ax1.set(xlabel="optimizer step", ylabel="Bradley-Terry loss (nats / pair)", title="reward model training")
+ax2.set(xlabel="optimizer step", ylabel="accuracy on the rater's labels", title="accuracy")
+ax1.legend(fontsize=8)
+ax2.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(FIGURES / "04_reward_training.png", dpi=120)
+plt.close(fig)
+print(f"wrote {FIGURES / '04_reward_training.png'}")
+
+# %% [markdown]
+# ## 3. Evaluation: the rater's labels and the gold reward
+#
+# * `accuracy`: agreement with the rater's labels (TRL's name); compare with the Bayes rate,
+#   and with `gold_label_acc`, the accuracy of r* itself on the same finite set of labels.
+# * `gold_agree`: fraction of pairs where sign(r_phi(y_w) - r_phi(y_l)) = sign(r*(y_w) - r*(y_l))
+#   (gold ties excluded): does the RM rank like the truth, ignoring the rater's noise?
+# * `pearson`: correlation of r_phi and r* over all responses of the split.
+# * `canonical`: for every country, is " The capital of X is <right>." scored above the same
+#   sentence with the neighbour's capital (the web's favourite mistake)?
+
+# %%
+evals = {g: {s: rm.evaluate_preferences(trained[g], cfg, d) for s, d in data.items()} for g in rm.REGIMES}
+canon = {g: {s: rm.canonical_ranking(trained[g], cfg, tok, s) for s in data} for g in rm.REGIMES}
+cols = ("accuracy", "bayes_rate", "gold_label_accuracy", "gold_agreement", "gold_pearson", "loss")
+print(f"{'regime':6s} {'split':8s} " + " ".join(f"{c[:14]:>14s}" for c in cols) + f" {'canonical':>10s}")
+for g in rm.REGIMES:
+    for s in data:
+        m = evals[g][s].metrics
+        print(f"{g:6s} {s:8s} " + " ".join(f"{m[c]:14.3f}" for c in cols) + f" {canon[g][s]['accuracy']:10.3f}")
+best = max(rm.REGIMES, key=lambda g: evals[g]["heldout"].metrics["gold_agreement"])
+print(f"\nkept for lesson 05: the '{best}' regime (higher held-out gold agreement)")
+
+# %% [markdown]
+# ## 4. Calibration
+#
+# A BT model does more than rank: sigmoid(r_phi(y_w) - r_phi(y_l)) is its predicted
+# probability that the rater prefers y_w.  Binning pairs by that prediction, the rate at which
+# the rater actually chose it should match (each pair is counted in both orders, so the plot
+# is symmetric about 1/2).  We also plot the rater's true probability p in each bin, which the
+# empirical rate estimates with binomial noise.  Calibration is checked on the raw model:
+# normalisation (section 6) rescales r_phi, after which sigmoid(dr) is no longer the fitted
+# probability.
+
+# %%
+fig, ax = plt.subplots(figsize=(5, 5))
+ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")
+for g in rm.REGIMES:
+    ev = evals[g]["heldout"]
+    cal = rm.calibration_bins(ev.chosen_rewards, ev.rejected_rewards, data["heldout"].p_chosen, n_bins=10)
+    line, = ax.plot(cal["predicted"], cal["empirical"], "o-", label=f"{g}: rater's labels")
+    ax.plot(cal["predicted"], cal["rater_p"], "x--", color=line.get_color(), label=f"{g}: rater's true p")
+ax.set(xlabel="predicted P(rater prefers y) = sigmoid(r_phi(y) - r_phi(y'))",
+       ylabel="empirical rate the rater preferred y", title="calibration on held-out pairs",
+       xlim=(0, 1), ylim=(0, 1))
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(FIGURES / "04_calibration.png", dpi=120)
+plt.close(fig)
+print(f"wrote {FIGURES / '04_calibration.png'}")
+
+# %% [markdown]
+# ## 5. Normalisation, then the running example
+#
+# r_phi is defined up to a constant, and its scale is set by the rater's tau.  PPO adds the
+# reward to a KL penalty beta * KL, so we fix both: shift and scale so that the rewards of
+# fresh SFT samples on the train prompts have mean 0 and std 1,
+#
+#     r'(x, y) = (r_phi(x, y) - m) / s   <=>   w' = w / s,  b' = (b - m) / s,
+#
+# folded into the head (`rm.normalise_reward_model`).  Orderings are unchanged.  A reward of
+# +1 now means "one standard deviation better than a typical SFT answer".
+
+# %%
+ref = rm.reference_rewards(trained[best], cfg, tok, sft_params, k_ref, rcfg.n_reference_per_prompt)
+rm_params, stats = rm.normalise_reward_model(trained[best], ref)
+ref_after = (ref - stats["mean"]) / stats["std"]
+print(f"reference rewards of {len(ref)} SFT samples: mean {stats['mean']:.3f}, std {stats['std']:.3f}"
+      f" -> after folding mean {ref_after.mean():.2e}, std {ref_after.std():.3f}")
+
+prompt = "What's the capital of France?"
+france = [" The capital of France is Paris.", " The capital of France is Berlin."]
+enc = encode_responses(tok, [prompt] * 2, france, [True, True], SEQ_LEN)
+r_fr = np.asarray(rm.score(rm_params, enc.tokens, enc.attention_mask, cfg))
+for y, r in zip(france, r_fr):
+    print(f"r({prompt!r}, {y!r}) = {r:+.3f}")
+print(f"Paris ranked above Berlin: {bool(r_fr[0] > r_fr[1])}")
+
+# %% [markdown]
+# ## 6. Where the learned reward is wrong
+#
+# The reward model only saw SFT answers to train prompts.  On held-out countries and on the
+# OOD template it is extrapolating: the scatter shows r_phi against r* for every response in
+# the evaluation pairs, and below are the responses the RM likes most *relative to their gold
+# reward*.  PPO will push the policy towards exactly such responses: this is where reward
+# hacking (lesson 05) starts.
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 5))
+rows = []
+for s, marker in (("heldout", "o"), ("ood", "x")):
+    ev, d = evals[best][s], data[s]
+    r_n = (np.concatenate([ev.chosen_rewards, ev.rejected_rewards]) - stats["mean"]) / stats["std"]
+    gold = np.concatenate([d.chosen_gold, d.rejected_gold])
+    jitter = np.random.default_rng(0).uniform(-0.04, 0.04, len(gold))  # gold values are discrete
+    ax.scatter(gold + jitter, r_n, s=8, alpha=0.4, marker=marker,
+               label=f"{s} (pearson {rm.pearson(r_n, gold):.2f})")
+    recs = read_preferences(pref_paths[s])
+    texts = [(r["prompt"], r["chosen"]) for r in recs] + [(r["prompt"], r["rejected"]) for r in recs]
+    rows += [(s, *t, rr, gg) for t, rr, gg in zip(texts, r_n, gold)]
+ax.set(xlabel="gold reward r*(x, y)  (reward units, jittered)", ylabel="learned reward r'(x, y)  (SFT std units)",
+       title=f"learned vs gold reward ('{best}' regime)")
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(FIGURES / "04_reward_vs_gold.png", dpi=120)
+plt.close(fig)
+print(f"wrote {FIGURES / '04_reward_vs_gold.png'}")
+
+print("\nper split ('%s'): gold agreement / pearson / canonical right-vs-neighbour" % best)
+for s in data:
+    m = evals[best][s].metrics
+    print(f"  {s:8s} {m['gold_agreement']:.3f} / {m['gold_pearson']:.3f} / {canon[best][s]['accuracy']:.3f}")
+r_all, g_all = np.array([r[3] for r in rows]), np.array([r[4] for r in rows])
+z = lambda v: (v - v.mean()) / v.std()
+print("\nhigh proxy, low gold (largest z(r') - z(r*) among held-out/OOD responses):")
+seen = set()
+for i in np.argsort(-(z(r_all) - z(g_all))):
+    if rows[i][1:3] in seen:
+        continue
+    seen.add(rows[i][1:3])
+    print(f"  [{rows[i][0]}] {rows[i][1]!r} -> {rows[i][2]!r}\n      r' = {r_all[i]:+.2f}   r* = {g_all[i]:+.2f}")
+    if len(seen) == 5:
+        break
+
+# %% [markdown]
+# ## 7. Saving the reward model for lesson 05
+#
+# `runs/reward.ckpt` holds {"backbone", "head"} (normalised head) with the normalisation stats
+# and the metrics in its meta; `rm.ensure_reward_model(smoke)` loads it (or reruns this stage),
+# and `rm.score(rm_params, tokens, attention_mask, cfg)` scores PPO's left-padded generations.
+
+# %%
+meta = {"regime": best, "normalisation": stats, "train_prefs": str(pref_paths["train"]),
+        "metrics": {g: {s: evals[g][s].metrics for s in data} for g in rm.REGIMES}}
+print(f"saved {rm.save_reward_model(args.smoke, rm_params, cfg, meta)}")
+print(f"lesson 04 done in {time.time() - t_start:.1f} s")
+
+# %% [markdown]
+# ## Takeaways
+#
+# * A reward model is a classifier of comparisons: BT on noisy labels can at best reach the
+#   rater's Bayes rate, and held-out accuracy should be judged against it, not against 1.
+# * Agreement with the rater is not agreement with the truth: gold agreement and correlation
+#   drop off the training distribution (held-out countries, OOD template).
+# * The learned reward ranks some wrong answers high.  Maximising it (lesson 05) will find them.

@@ -1,0 +1,270 @@
+"""Stage 06: direct preference optimisation of the transformer policy.
+
+The policy starts at pi_ref = the SFT model (lesson 03) and is fitted to the train split of
+the preference pairs collected in lesson 04 (no reward model anywhere):
+
+    L_DPO(theta) = -E_(x, y_w, y_l) log sigma( beta log pi_theta(y_w|x)/pi_ref(y_w|x)
+                                              - beta log pi_theta(y_l|x)/pi_ref(y_l|x) )
+                                                                  (Rafailov et al. 2023, eq. 7)
+
+The losses themselves (DPO, conservative DPO, IPO) live in `dpo.py` and see only four arrays
+of summed sequence log-probs; this module produces those arrays from token batches.
+
+Implementation details (each pinned by tests/test_dpo_train.py):
+* log pi(y|x) is SUMMED over the response tokens, the final eos included; prompt and pad
+  tokens contribute nothing (`model.sequence_logprobs` with the response mask).
+* A response that never produced eos (cut by the length limit when it was sampled) is encoded
+  WITHOUT eos (`reward_data.encode_responses`): appending one would score a different response.
+* The reference log-probs log pi_ref(y_w|x), log pi_ref(y_l|x) never change, so they are
+  computed ONCE (`with_reference_logps`) and stored as two [N] arrays next to the encoded pairs.
+  The training step never sees pi_ref's parameters: it cannot update them, and each step costs
+  one forward/backward of the policy instead of two forwards + one backward.
+* One jitted step: chosen and rejected rows are concatenated into ONE [2B, T] batch, one
+  forward pass, then split (`concatenated_logps`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tokenizers import Tokenizer
+
+from minirlhf.checkpoint import load_checkpoint, save_checkpoint
+from minirlhf.data import read_preferences
+from minirlhf.dpo import dpo_loss, ipo_loss
+from minirlhf.model import GPTConfig, sequence_logprobs
+from minirlhf.paths import runs_dir
+from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
+from minirlhf.reward_data import encode_responses, ensure_preferences, needed_length
+from minirlhf.sampling import Generation
+from minirlhf.sft import ensure_sft_model
+from minirlhf.training import Progress, batches, init_train_state, make_optimizer, make_train_step
+
+LOSS_TYPES = ("dpo", "ipo")
+REFERENCE_KEYS = ("reference_chosen_logps", "reference_rejected_logps")
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOConfig:
+    """The DPO stage: which preference loss, its strength, and the optimisation."""
+
+    loss_type: str = "dpo"
+    """"dpo" (Rafailov et al. 2023 eq. 7; with label_smoothing > 0: conservative DPO) or "ipo"
+    (Azar et al. 2023 eq. 17)."""
+    beta: float = 0.1
+    """KL strength: the implicit reward is beta * log pi_theta/pi_ref (tau in the IPO paper)."""
+    label_smoothing: float = 0.0
+    """cDPO epsilon in [0, 0.5): the assumed probability that a label is flipped (dpo only)."""
+    steps: int = 60
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Preference pairs per step (2 * batch_size sequences per forward pass)."""
+    lr: float = 2e-4
+    """Peak AdamW learning rate (warmup, then cosine decay to 10%)."""
+    warmup_steps: int = 10
+    """Linear warmup steps of the learning rate."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    seed: int = 0
+    """Seeds the batch order."""
+
+    def __post_init__(self):
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"DPOConfig.loss_type: expected one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if not self.beta > 0:
+            raise ValueError(f"DPOConfig.beta: expected > 0, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"DPOConfig.label_smoothing: expected in [0, 0.5), got {self.label_smoothing}")
+        if self.loss_type == "ipo" and self.label_smoothing:
+            raise ValueError("DPOConfig: label_smoothing (cDPO) applies to loss_type='dpo' only, "
+                             f"got loss_type='ipo' with label_smoothing={self.label_smoothing}")
+
+    @classmethod
+    def smoke(cls) -> "DPOConfig":
+        return cls(steps=4, batch_size=8, warmup_steps=1)
+
+
+# ----------------------------------------------------------------------------- data
+
+def encode_pairs(tok: Tokenizer, records: Sequence[dict], max_len: int) -> dict:
+    """Preference records -> {chosen,rejected}_{tokens,attention_mask,response_mask}, each [N, max_len],
+    right-padded `<bos> prompt response <eos>`; no eos where the record's `*_ended` flag is False
+    (missing flag: the response ended)."""
+    if not records:
+        raise ValueError("encode_pairs: no records (an empty preference file?)")
+    prompts, arrays = [r["prompt"] for r in records], {}
+    for which in ("chosen", "rejected"):
+        ended = [bool(r.get(f"{which}_ended", True)) for r in records]
+        enc = encode_responses(tok, prompts, [r[which] for r in records], ended, max_len)
+        arrays |= {f"{which}_tokens": enc.tokens, f"{which}_attention_mask": enc.attention_mask,
+                   f"{which}_response_mask": enc.response_mask}
+    return arrays
+
+
+def concatenated_logps(params, batch: dict, cfg: GPTConfig):
+    """(policy_chosen_logps [B], policy_rejected_logps [B]) from ONE forward pass on [2B, T].
+
+    log pi(y|x) = sum_t response_mask_t log pi(y_t | x, y_<t)   (summed, Rafailov et al. sec. 4).
+    batch: {chosen,rejected}_{tokens,attention_mask,response_mask}, each [B, T].
+    """
+    cat = lambda name: jnp.concatenate([batch[f"chosen_{name}"], batch[f"rejected_{name}"]])  # [2B, T]
+    logps = sequence_logprobs(params, cat("tokens"), cat("attention_mask"), cat("response_mask"), cfg)
+    return tuple(jnp.split(logps, 2))                                        # [B] each
+
+
+_jit_sequence_logprobs = jax.jit(sequence_logprobs, static_argnames=("cfg", "temperature"))
+
+
+@partial(jax.jit, static_argnames=("cfg",))
+def _pair_logps(params, batch: dict, cfg: GPTConfig):
+    return concatenated_logps(params, batch, cfg)
+
+
+def pair_logps(params, arrays: dict, cfg: GPTConfig, chunk: int = 128):
+    """`concatenated_logps` over a whole dataset, in chunks of `chunk` pairs padded with all-pad rows
+    (one compiled shape) -> (chosen_logps [N], rejected_logps [N]) numpy float32."""
+    keys = [f"{w}_{n}" for w in ("chosen", "rejected") for n in ("tokens", "attention_mask", "response_mask")]
+    n_rows, out = len(arrays[keys[0]]), []
+    for i in range(0, n_rows, chunk):
+        part = {k: np.asarray(arrays[k][i:i + chunk]) for k in keys}
+        n = len(part[keys[0]])
+        part = {k: np.pad(v, ((0, chunk - n), (0, 0))) for k, v in part.items()}
+        out.append([np.asarray(x)[:n] for x in _pair_logps(params, part, cfg)])
+    return tuple(np.concatenate(col) for col in zip(*out))
+
+
+def with_reference_logps(arrays: dict, ref_params, cfg: GPTConfig) -> dict:
+    """The encoded pairs plus their cached reference log-probs, computed once:
+    reference_chosen_logps = log pi_ref(y_w|x) [N], reference_rejected_logps = log pi_ref(y_l|x) [N]."""
+    reference_chosen_logps, reference_rejected_logps = pair_logps(ref_params, arrays, cfg)
+    return {**arrays, "reference_chosen_logps": reference_chosen_logps,
+            "reference_rejected_logps": reference_rejected_logps}
+
+
+# ----------------------------------------------------------------------------- loss and step
+
+def preference_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
+                    reference_rejected_logps, dcfg: DPOConfig):
+    """The loss selected by dcfg: DPO (eq. 7), cDPO (label smoothing) or IPO (Azar et al. eq. 17),
+    all from `dpo.py`.  Four [B] arrays of summed log-probs -> (loss, metrics with TRL names)."""
+    args = (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    if dcfg.loss_type == "ipo":
+        return ipo_loss(*args, dcfg.beta)
+    return dpo_loss(*args, dcfg.beta, dcfg.label_smoothing)
+
+
+def dpo_batch_loss(params, batch: dict, cfg: GPTConfig, dcfg: DPOConfig):
+    """L_DPO of one batch of pairs (Rafailov et al. 2023 eq. 7, or the variant dcfg selects).
+
+    batch: the six token arrays [B, T] of `encode_pairs` and the cached reference_chosen_logps,
+    reference_rejected_logps [B] of `with_reference_logps`.  -> (loss, metrics with TRL names:
+    rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies, logps/chosen, logps/rejected).
+    """
+    policy_chosen_logps, policy_rejected_logps = concatenated_logps(params, batch, cfg)
+    return preference_loss(policy_chosen_logps, policy_rejected_logps,
+                           batch["reference_chosen_logps"], batch["reference_rejected_logps"], dcfg)
+
+
+def make_dpo_step(cfg: GPTConfig, dcfg: DPOConfig):
+    """(optimizer, step): step(state, batch) -> (state, metrics) is ONE jitted function
+    (forward on chosen ++ rejected, backward, clipped AdamW update)."""
+    optimizer = make_optimizer(dcfg.lr, dcfg.steps, warmup_steps=dcfg.warmup_steps,
+                               weight_decay=dcfg.weight_decay)
+    return optimizer, make_train_step(partial(dpo_batch_loss, cfg=cfg, dcfg=dcfg), optimizer)
+
+
+def train_dpo(params, arrays: dict, cfg: GPTConfig, dcfg: DPOConfig, quiet: bool = False):
+    """dcfg.steps DPO steps from `params` (= pi_ref) on `arrays` (pairs + cached reference log-probs)
+    -> (params, history {metric: [steps] numpy}) with every metric of the step."""
+    missing = [k for k in REFERENCE_KEYS if k not in arrays]
+    if missing:
+        raise ValueError(f"train_dpo: arrays lack {missing}; call with_reference_logps(arrays, ref_params, cfg) first")
+    optimizer, step_fn = make_dpo_step(cfg, dcfg)
+    state, history = init_train_state(params, optimizer), {}
+    progress = Progress(f"dpo/{dcfg.loss_type}", dcfg.steps, quiet=quiet)
+    batch_size = min(dcfg.batch_size, len(arrays[REFERENCE_KEYS[0]]))
+    for i, batch in enumerate(batches(np.random.default_rng(dcfg.seed), arrays, batch_size, dcfg.steps), 1):
+        state, metrics = step_fn(state, batch)
+        for k, v in metrics.items():
+            history.setdefault(k, []).append(float(v))
+        progress(i, {k: metrics[k] for k in ("loss", "rewards/margins", "rewards/accuracies")})
+    return state.params, {k: np.array(v) for k, v in history.items()}
+
+
+def evaluate_pairs(params, arrays: dict, cfg: GPTConfig, dcfg: DPOConfig) -> dict:
+    """The loss and TRL metrics of `params` over every pair of `arrays` (e.g. the held-out split):
+    rewards/accuracies there = how often the implicit reward ranks y_w above y_l."""
+    policy_chosen_logps, policy_rejected_logps = pair_logps(params, arrays, cfg)
+    _, metrics = preference_loss(jnp.asarray(policy_chosen_logps), jnp.asarray(policy_rejected_logps),
+                                 jnp.asarray(arrays["reference_chosen_logps"]),
+                                 jnp.asarray(arrays["reference_rejected_logps"]), dcfg)
+    return {k: float(v) for k, v in metrics.items()}
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+def implicit_rewards(params, ref_params, cfg: GPTConfig, tok: Tokenizer, prompts: Sequence[str],
+                     responses: Sequence[str], beta: float) -> np.ndarray:
+    """DPO's implicit reward r_theta(x, y) = beta log pi_theta(y|x)/pi_ref(y|x) (Rafailov et al. sec. 5)
+    of finished responses (eos appended), up to the prompt-only beta log Z(x).  -> [B]."""
+    width = max(SEQ_LEN, needed_length(tok, [{"prompt": p, "chosen": y, "rejected": y}
+                                             for p, y in zip(prompts, responses)]))
+    enc = encode_responses(tok, prompts, responses, [True] * len(responses), width)
+    seq = _jit_sequence_logprobs
+    logratio = (seq(params, enc.tokens, enc.attention_mask, enc.response_mask, cfg)
+                - seq(ref_params, enc.tokens, enc.attention_mask, enc.response_mask, cfg))
+    return beta * np.asarray(logratio)
+
+
+@partial(jax.jit, static_argnames=("cfg",))
+def sequence_logratios(params, ref_params, gen: Generation, cfg: GPTConfig):
+    """log pi_theta(y|x) - log pi_ref(y|x) of each generated row (summed over the response) -> [B].
+
+    For y ~ pi_theta its mean is the k1 estimator of the sequence-level KL(pi_theta || pi_ref)
+    = E_{y ~ pi_theta}[log pi_theta(y|x) - log pi_ref(y|x)]; ONE term is not a KL (it is often < 0).
+    gen: a `sampling.Generation` (left-padded prompts + responses, [B, T]).
+    """
+    args = (gen.tokens, gen.attention_mask, gen.response_mask, cfg)
+    return sequence_logprobs(params, *args) - sequence_logprobs(ref_params, *args)
+
+
+# ----------------------------------------------------------------------------- the stage
+
+def load_pair_arrays(tok: Tokenizer, path, cfg: GPTConfig) -> dict:
+    """A preference JSONL file -> `encode_pairs` arrays, as wide as the longest pair needs
+    (at least SEQ_LEN, at most cfg.max_len)."""
+    records = read_preferences(path)
+    width = max(SEQ_LEN, needed_length(tok, records))
+    if width > cfg.max_len:
+        raise ValueError(f"{path}: a pair needs {width} tokens > GPTConfig.max_len={cfg.max_len}")
+    return encode_pairs(tok, records, width)
+
+
+def build_dpo_policy(smoke: bool, dcfg: DPOConfig | None = None, quiet: bool = False):
+    """Lesson 06's stage without the plots: pi_ref = SFT, the train preference pairs with cached
+    reference log-probs, DPO, save runs[/smoke]/dpo.ckpt.  -> (params, cfg, history)."""
+    dcfg = dcfg or (DPOConfig.smoke() if smoke else DPOConfig())
+    tok, (ref_params, cfg) = ensure_tokenizer(smoke), ensure_sft_model(smoke)
+    arrays = with_reference_logps(load_pair_arrays(tok, ensure_preferences(smoke)["train"], cfg),
+                                  ref_params, cfg)
+    params, history = train_dpo(ref_params, arrays, cfg, dcfg, quiet=quiet)
+    save_checkpoint(runs_dir(smoke) / "dpo.ckpt", params, cfg,
+                    {"stage": "dpo", "config": dataclasses.asdict(dcfg),
+                     "final_margin": float(history["rewards/margins"][-1])})
+    return params, cfg, history
+
+
+def ensure_dpo_policy(smoke: bool):
+    """The DPO policy from runs[/smoke]/dpo.ckpt, trained (lesson 06's stage) when missing
+    -> (params, GPTConfig)."""
+    path = runs_dir(smoke) / "dpo.ckpt"
+    if not path.exists():
+        print(f"[dpo] {path} missing: training the DPO policy (lesson 06's stage)")
+        build_dpo_policy(smoke)
+    params, cfg, _ = load_checkpoint(path)
+    return params, cfg

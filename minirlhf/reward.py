@@ -1,0 +1,331 @@
+"""Stage 04: the Bradley-Terry reward model r_phi(x, y).
+
+The reward model is the SFT transformer with a linear head on the final hidden state of the
+LAST non-pad token (Ziegler et al. 2019; Stiennon et al. 2020 sec. 3.4; Ouyang et al. 2022):
+
+    r_phi(x, y) = w . h_phi(x, y)_last + b              params {"backbone": gpt, "head": {w, b}}
+
+fitted by maximum likelihood on rater comparisons (x, y_w, y_l) (InstructGPT eq. 1):
+
+    L(phi) = -E_{(x, y_w, y_l) ~ D} [ log sigmoid(r_phi(x, y_w) - r_phi(x, y_l)) ].
+
+Two regimes: "head" (backbone frozen: stop_gradient in the loss AND the optimizer masked, so the
+backbone is bit-for-bit the SFT model) and "full" (backbone and head fine-tuned).
+
+Implementation details (each pinned by tests/test_reward.py):
+* The reward is read at the last non-pad token (`model.reward_from_hidden`): the eos of a finished
+  response, the last sampled token of a truncated one (see reward_data.encode_responses).  Left-,
+  right- or both-side padding give the same reward, so `score` works on PPO's generated batches.
+* One forward pass scores chosen and rejected together ([2B] rows, then split).
+* After training the reward is NORMALISED (`fold_normalisation`): shift and scale so the rewards of
+  fresh SFT samples on the train prompts have mean 0 and std 1, folded into the head
+  (w <- w / s, b <- (b - m) / s).  BT identifies r only up to a constant (and its scale is set by
+  the rater's tau); fixing both makes PPO's KL coefficient beta mean the same thing for any RM.
+  Orderings are unchanged; sigmoid(r_w - r_l) of the normalised reward is no longer the fitted
+  BT probability (use the raw model, before folding, for calibration).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tokenizers import Tokenizer
+
+from minirlhf.bradley_terry import bradley_terry_loss
+from minirlhf.checkpoint import load_checkpoint, save_checkpoint
+from minirlhf.evaluation import sample_answers
+from minirlhf.model import GPTConfig, forward, init_scalar_head, reward_from_hidden
+from minirlhf.paths import runs_dir
+from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
+from minirlhf.reward_data import (PreferenceData, encode_responses, ensure_preferences,  # noqa: F401
+                                  load_preference_data)
+from minirlhf.sft import ensure_sft_model
+from minirlhf.training import Progress, batches, init_train_state, make_optimizer, make_train_step
+from minirlhf.worlds.capitals import CAPITAL, FACTS, SPLITS, canonical_answer, make_prompt
+
+REGIMES = ("head", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    """Reward-model training (both regimes) and normalisation."""
+
+    steps: int = 120
+    """Optimizer steps per regime."""
+    batch_size: int = 32
+    """Preference pairs per step (2 * batch_size sequences per forward pass)."""
+    lr_head: float = 1e-2
+    """Peak AdamW learning rate of the "head" regime (a linear probe tolerates a large one)."""
+    lr_full: float = 3e-4
+    """Peak AdamW learning rate of the "full" regime (backbone + head)."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay (never applied to a frozen backbone)."""
+    eval_every: int = 20
+    """Held-out loss/accuracy is measured every eval_every steps (training curves)."""
+    n_reference_per_prompt: int = 16
+    """SFT samples per train prompt whose rewards define the normalisation (mean 0, std 1)."""
+    seed: int = 0
+    """Seeds the head init, the batch order and the reference samples."""
+
+    @classmethod
+    def smoke(cls) -> "RewardConfig":
+        return cls(steps=6, batch_size=8, eval_every=3, n_reference_per_prompt=2)
+
+
+# ----------------------------------------------------------------------------- model
+
+def init_reward_model(key: jax.Array, backbone: dict, cfg: GPTConfig) -> dict:
+    """{"backbone": the (SFT) GPT params, "head": a fresh scalar head (w ~ N(0, 0.02), b = 0)}."""
+    return {"backbone": backbone, "head": init_scalar_head(key, cfg)}
+
+
+def reward_forward(rm_params: dict, tokens, attention_mask, cfg: GPTConfig,
+                   freeze_backbone: bool = False) -> jax.Array:
+    """r_phi(x, y) = w . h_last + b for every row.  tokens, attention_mask: [B, T] (any padding)
+    -> [B] float32.  freeze_backbone: stop_gradient on the backbone (its gradients are exactly 0)."""
+    backbone = rm_params["backbone"]
+    if freeze_backbone:
+        backbone = jax.lax.stop_gradient(backbone)
+    hidden = forward(backbone, tokens, attention_mask, cfg).hidden           # [B, T, D]
+    return reward_from_hidden(rm_params["head"], hidden, attention_mask)     # [B]
+
+
+@partial(jax.jit, static_argnames=("cfg",))
+def score(rm_params: dict, tokens, attention_mask, cfg: GPTConfig) -> jax.Array:
+    """Jitted r_phi for scoring (PPO): tokens, attention_mask [B, T] LEFT-padded generations (or
+    right-padded batches) -> [B].  Read at the last real token of each row."""
+    return reward_forward(rm_params, tokens, attention_mask, cfg)
+
+
+def score_batched(rm_params: dict, tokens, attention_mask, cfg: GPTConfig, chunk: int = 256) -> np.ndarray:
+    """`score` over many rows in chunks of `chunk` rows, each padded to the full chunk with
+    all-pad rows (one compiled shape for every call).  tokens, attention_mask: [N, T] -> [N]."""
+    tokens, attention_mask = np.asarray(tokens), np.asarray(attention_mask)
+    out = []
+    for i in range(0, len(tokens), chunk):
+        t, m = tokens[i:i + chunk], attention_mask[i:i + chunk]
+        n, pad = len(t), ((0, chunk - len(t)), (0, 0))
+        out.append(np.asarray(score(rm_params, np.pad(t, pad), np.pad(m, pad), cfg))[:n])
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+# ----------------------------------------------------------------------------- loss and training
+
+def reward_loss(rm_params: dict, batch: dict, cfg: GPTConfig, freeze_backbone: bool):
+    """Bradley-Terry NLL of a batch of pairs (InstructGPT eq. 1):
+
+        L = -mean_i log sigmoid(r_phi(x_i, y_w,i) - r_phi(x_i, y_l,i))
+
+    batch: {chosen_tokens, chosen_attention_mask, rejected_tokens, rejected_attention_mask}, each
+    [B, T].  Chosen and rejected go through ONE forward pass of [2B, T].
+    Returns (loss, metrics) with TRL names (see bradley_terry_loss).
+    """
+    tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]])                   # [2B, T]
+    mask = jnp.concatenate([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])     # [2B, T]
+    rewards = reward_forward(rm_params, tokens, mask, cfg, freeze_backbone)                        # [2B]
+    chosen_rewards, rejected_rewards = jnp.split(rewards, 2)                                       # [B] each
+    return bradley_terry_loss(chosen_rewards, rejected_rewards)                                    # eq. 1
+
+
+def reward_optimizer(regime: str, rcfg: RewardConfig) -> optax.GradientTransformation:
+    """AdamW (make_optimizer); in the "head" regime the backbone's updates are set to zero (so no
+    weight decay or Adam moment ever moves it)."""
+    if regime not in REGIMES:
+        raise ValueError(f"reward_optimizer: regime expected one of {REGIMES}, got {regime!r}")
+    if regime == "full":
+        return make_optimizer(rcfg.lr_full, rcfg.steps, warmup_steps=10, weight_decay=rcfg.weight_decay)
+    head_opt = make_optimizer(rcfg.lr_head, rcfg.steps, warmup_steps=10, weight_decay=rcfg.weight_decay)
+    return optax.multi_transform({"train": head_opt, "frozen": optax.set_to_zero()},
+                                 {"backbone": "frozen", "head": "train"})
+
+
+def pair_arrays(data: PreferenceData) -> dict:
+    """The four token arrays of a PreferenceData, as the dict `reward_loss` takes."""
+    return {"chosen_tokens": data.chosen_tokens, "chosen_attention_mask": data.chosen_attention_mask,
+            "rejected_tokens": data.rejected_tokens, "rejected_attention_mask": data.rejected_attention_mask}
+
+
+def make_reward_step(regime: str, cfg: GPTConfig, rcfg: RewardConfig):
+    """(optimizer, jitted step state, batch -> state, metrics) for one regime."""
+    optimizer = reward_optimizer(regime, rcfg)
+    loss_fn = partial(reward_loss, cfg=cfg, freeze_backbone=(regime == "head"))
+    return optimizer, make_train_step(loss_fn, optimizer)
+
+
+def train_pairs(step_fn, state, arrays: dict, steps: int, batch_size: int, rng: np.random.Generator,
+                eval_fn=None, eval_every: int = 0, progress: Progress | None = None):
+    """The loop: `steps` jitted steps on shuffled minibatches of `arrays` -> (state, history) with
+    per-step "loss" and "accuracy" and, when eval_fn (params -> metrics) is given, "eval_step",
+    "eval_loss", "eval_accuracy" at steps 1, every eval_every, and the last."""
+    history = {k: [] for k in ("loss", "accuracy", "eval_step", "eval_loss", "eval_accuracy")}
+    batch_size = min(batch_size, len(next(iter(arrays.values()))))
+    for i, batch in enumerate(batches(rng, arrays, batch_size, steps), 1):
+        state, metrics = step_fn(state, batch)
+        history["loss"].append(float(metrics["loss"]))
+        history["accuracy"].append(float(metrics["accuracy"]))
+        if eval_fn is not None and (i % eval_every == 0 or i in (1, steps)):
+            ev = eval_fn(state.params)
+            history["eval_step"].append(i)
+            history["eval_loss"].append(ev["loss"])
+            history["eval_accuracy"].append(ev["accuracy"])
+        if progress is not None:
+            progress(i, {k: metrics[k] for k in ("loss", "accuracy", "margin")})
+    return state, {k: np.array(v) for k, v in history.items()}
+
+
+def train_reward_model(rm_params: dict, data: PreferenceData, cfg: GPTConfig, rcfg: RewardConfig,
+                       regime: str, eval_data: PreferenceData | None = None, quiet: bool = False):
+    """Minimise the BT loss on `data` for rcfg.steps steps in `regime` ("head" or "full")
+    -> (params, history) (see train_pairs; eval on `eval_data` when given)."""
+    optimizer, step_fn = make_reward_step(regime, cfg, rcfg)
+    eval_fn = None if eval_data is None else (lambda p: evaluate_preferences(p, cfg, eval_data).metrics)
+    state, history = train_pairs(
+        step_fn, init_train_state(rm_params, optimizer), pair_arrays(data), rcfg.steps, rcfg.batch_size,
+        np.random.default_rng([rcfg.seed, REGIMES.index(regime)]), eval_fn, rcfg.eval_every,
+        Progress(f"reward/{regime}", rcfg.steps, quiet=quiet))
+    return state.params, history
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+def fold_normalisation(head: dict, mean: float, std: float) -> dict:
+    """The head of r' = (r - mean) / std:  w' = w / std,  b' = (b - mean) / std."""
+    if not std > 0:
+        raise ValueError(f"fold_normalisation: std must be > 0, got {std}")
+    return {"w": head["w"] / std, "b": (head["b"] - mean) / std}
+
+
+def reference_rewards(rm_params: dict, cfg: GPTConfig, tok: Tokenizer, policy_params: dict,
+                      key: jax.Array, n_per_prompt: int) -> np.ndarray:
+    """r_phi of fresh samples of the reference (SFT) policy on the train prompts -> [32 * n]."""
+    prompts = [make_prompt(c) for c in SPLITS["train"]]
+    samples = sample_answers(policy_params, cfg, tok, prompts, key, n=n_per_prompt)
+    enc = encode_responses(tok, samples.prompts, samples.texts, samples.ended, max_len=SEQ_LEN)
+    return score_batched(rm_params, enc.tokens, enc.attention_mask, cfg)
+
+
+def normalise_reward_model(rm_params: dict, ref_rewards) -> tuple[dict, dict]:
+    """Fold (mean, std) of `ref_rewards` [N] into the head -> (params, {"mean", "std"})."""
+    ref_rewards = np.asarray(ref_rewards, np.float64)
+    stats = {"mean": float(ref_rewards.mean()), "std": float(ref_rewards.std())}
+    head = fold_normalisation(rm_params["head"], stats["mean"], stats["std"])
+    return {"backbone": rm_params["backbone"], "head": head}, stats
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def gold_agreement(chosen_rewards, rejected_rewards, chosen_gold, rejected_gold) -> float:
+    """Fraction of pairs with sign(r_phi(y_w) - r_phi(y_l)) == sign(r*(y_w) - r*(y_l)), gold ties
+    (|dr*| < 1e-9) and unknown gold (NaN) excluded.  NaN if no pair is left.  All [N]."""
+    d_phi = np.asarray(chosen_rewards, np.float64) - np.asarray(rejected_rewards, np.float64)
+    d_gold = np.asarray(chosen_gold, np.float64) - np.asarray(rejected_gold, np.float64)
+    keep = np.abs(d_gold) > 1e-9                                   # NaN compares False: dropped too
+    return float(np.mean(np.sign(d_phi[keep]) == np.sign(d_gold[keep]))) if keep.any() else float("nan")
+
+
+def pearson(x, y) -> float:
+    """Pearson correlation sum (x - x_bar)(y - y_bar) / sqrt(sum (x - x_bar)^2 sum (y - y_bar)^2),
+    over the finite entries; NaN if fewer than 2 or a constant input."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep] - x[keep].mean(), y[keep] - y[keep].mean()
+    denom = np.sqrt((x ** 2).sum() * (y ** 2).sum())
+    return float((x * y).sum() / denom) if keep.sum() >= 2 and denom > 0 else float("nan")
+
+
+class PairEval(NamedTuple):
+    metrics: dict                 # see evaluate_preferences
+    chosen_rewards: np.ndarray    # [N] r_phi(x, y_w)
+    rejected_rewards: np.ndarray  # [N] r_phi(x, y_l)
+
+
+def evaluate_preferences(rm_params: dict, cfg: GPTConfig, data: PreferenceData) -> PairEval:
+    """Score every pair.  metrics: the BT metrics (loss, accuracy = agreement with the rater's labels,
+    margin, mean/min/max_reward); bayes_rate = mean max(p, 1 - p) of the rater's p (the best
+    expected accuracy any model can reach on these labels); gold_label_accuracy = the accuracy of r*
+    itself on the labels (ties count 1/2); gold_agreement; gold_pearson (r_phi vs r* over all
+    responses of the pairs)."""
+    r_w = score_batched(rm_params, data.chosen_tokens, data.chosen_attention_mask, cfg)
+    r_l = score_batched(rm_params, data.rejected_tokens, data.rejected_attention_mask, cfg)
+    _, m = bradley_terry_loss(jnp.asarray(r_w), jnp.asarray(r_l))
+    d_gold = data.chosen_gold - data.rejected_gold
+    metrics = {k: float(v) for k, v in m.items()}
+    metrics.update({
+        "bayes_rate": float(np.mean(np.maximum(data.p_chosen, 1 - data.p_chosen))),
+        "gold_label_accuracy": float(np.mean(np.where(np.abs(d_gold) < 1e-9, 0.5, d_gold > 0))),
+        "gold_agreement": gold_agreement(r_w, r_l, data.chosen_gold, data.rejected_gold),
+        "gold_pearson": pearson(np.concatenate([r_w, r_l]),
+                                np.concatenate([data.chosen_gold, data.rejected_gold])),
+    })
+    return PairEval(metrics, r_w, r_l)
+
+
+def calibration_bins(chosen_rewards, rejected_rewards, p_chosen, n_bins: int = 10) -> dict:
+    """Reliability diagram of q = sigmoid(r_w - r_l) against the rater's labels, symmetrised: each
+    pair counts as (q, label 1, p) and (1 - q, label 0, 1 - p).  Equal-width bins of q in [0, 1];
+    -> {"predicted", "empirical", "rater_p", "count"} each [n_bins] (NaN in empty bins)."""
+    q = 1 / (1 + np.exp(-(np.asarray(chosen_rewards, np.float64) - np.asarray(rejected_rewards))))
+    q, label = np.concatenate([q, 1 - q]), np.concatenate([np.ones_like(q), np.zeros_like(q)])
+    p = np.concatenate([p_chosen, 1 - np.asarray(p_chosen)])
+    bins = np.minimum((q * n_bins).astype(int), n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    mean = lambda v: np.bincount(bins, v, minlength=n_bins) / np.where(count, count, np.nan)
+    return {"predicted": mean(q), "empirical": mean(label), "rater_p": mean(p), "count": count}
+
+
+def canonical_ranking(rm_params: dict, cfg: GPTConfig, tok: Tokenizer, split: str) -> dict:
+    """For each country of `split`: r_phi of the canonical right answer vs the canonical answer
+    with the neighbour's capital (France: Paris vs Berlin).  -> {"accuracy", "right", "wrong"}."""
+    countries = SPLITS[split]
+    prompts = [make_prompt(c, ood_template=(split == "ood")) for c in countries]
+    right = [canonical_answer(c) for c in countries]
+    wrong = [canonical_answer(c, CAPITAL[FACTS[c][1]]) for c in countries]
+    enc = encode_responses(tok, prompts * 2, right + wrong, [True] * (2 * len(countries)), SEQ_LEN)
+    r = score_batched(rm_params, enc.tokens, enc.attention_mask, cfg)
+    r_right, r_wrong = r[:len(countries)], r[len(countries):]
+    return {"accuracy": float(np.mean(r_right > r_wrong)), "right": r_right, "wrong": r_wrong}
+
+
+# ----------------------------------------------------------------------------- the stage
+
+def save_reward_model(smoke: bool, rm_params: dict, cfg: GPTConfig, meta: dict):
+    """Write runs[/smoke]/reward.ckpt (params {"backbone", "head"}, meta e.g. normalisation)."""
+    return save_checkpoint(runs_dir(smoke) / "reward.ckpt", rm_params, cfg, {"stage": "reward", **meta})
+
+
+def build_reward_model(smoke: bool, quiet: bool = False):
+    """Lesson 04 without the plots: train both regimes on the train pairs, keep the one with the
+    higher held-out gold agreement, normalise it, save it.  -> (rm_params, cfg, meta)."""
+    rcfg = RewardConfig.smoke() if smoke else RewardConfig()
+    tok, (sft_params, cfg) = ensure_tokenizer(smoke), ensure_sft_model(smoke)
+    data = load_preference_data(tok, ensure_preferences(smoke), SEQ_LEN)
+    k_head, k_ref = jax.random.split(jax.random.PRNGKey(rcfg.seed))
+    init = init_reward_model(k_head, sft_params, cfg)
+    results = {}
+    for regime in REGIMES:
+        params, _ = train_reward_model(init, data["train"], cfg, rcfg, regime, quiet=quiet)
+        results[regime] = (params, {s: evaluate_preferences(params, cfg, d).metrics for s, d in data.items()})
+    best = max(REGIMES, key=lambda g: results[g][1]["heldout"]["gold_agreement"])
+    ref = reference_rewards(results[best][0], cfg, tok, sft_params, k_ref, rcfg.n_reference_per_prompt)
+    rm_params, stats = normalise_reward_model(results[best][0], ref)
+    meta = {"regime": best, "normalisation": stats,
+            "metrics": {g: results[g][1] for g in REGIMES}}
+    save_reward_model(smoke, rm_params, cfg, meta)
+    return rm_params, cfg, meta
+
+
+def ensure_reward_model(smoke: bool):
+    """The normalised reward model from runs[/smoke]/reward.ckpt, built (lesson 04's stage) when
+    missing -> (rm_params {"backbone", "head"}, GPTConfig)."""
+    path = runs_dir(smoke) / "reward.ckpt"
+    if not path.exists():
+        print(f"[reward] {path} missing: training the reward model (lesson 04's stage)")
+        build_reward_model(smoke)
+    rm_params, cfg, _ = load_checkpoint(path)
+    return rm_params, cfg

@@ -1,0 +1,204 @@
+"""Stage 04, data: preference pairs from the SFT model, labelled by the simulated rater.
+
+    for each prompt x:  y1, y2 ~ pi_SFT(. | x)        (temperature 1, independent samples)
+                        label ~ Bernoulli(sigmoid((r*(x, y1) - r*(x, y2)) / tau))
+                        D <- D + {(x, y_w, y_l)}
+
+(Stiennon et al. 2020 sec. 3.4; Ouyang et al. 2022 sec. 3.5: comparisons of the policy's own
+samples.)  The dataset is JSON Lines in `data.py`'s format; each record carries metadata that
+the evaluation (and DPO / PPO) use:
+
+    prompt, chosen, rejected           the triplet (x, y_w, y_l)
+    chosen_ended, rejected_ended       did the sample end with <eos> (False: cut by the length
+                                       limit; the reward model must see it unfinished)
+    chosen_gold_reward, rejected_gold_reward   r*(x, y) of the capitals world
+    p_chosen                           the rater's P(y_w > y_l): its Bayes-optimal accuracy on
+                                       this pair is max(p_chosen, 1 - p_chosen)
+    split                              "train", "heldout" or "ood"
+
+Implementation details (each pinned by tests/test_reward.py):
+* Pairs with two identical responses (same text, same eos flag) are SKIPPED: the label is a coin
+  flip that teaches nothing (the loss gradient is zero in expectation) and the Bayes rate of such
+  a pair is 1/2.  The SFT model is peaked, so this removes a sizeable fraction; the count is
+  returned and printed.
+* A response that did not end with <eos> is encoded WITHOUT the eos that `encode_batch` appends
+  (`encode_responses`): the reward is read at the last real token, so an eos would make a
+  truncated answer look finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import numpy as np
+from tokenizers import Tokenizer
+
+from minirlhf.data import read_preferences, write_preferences
+from minirlhf.evaluation import sample_answers
+from minirlhf.model import GPTConfig
+from minirlhf.paths import runs_dir
+from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
+from minirlhf.sft import ensure_sft_model
+from minirlhf.tokenizer import PAD_ID, EncodedBatch, encode_batch, encode_text
+from minirlhf.worlds.capitals import (SPLITS, CapitalsConfig, gold_reward, parse_country,
+                                      rate_pair, split_prompts)
+
+PREFERENCE_SPLITS = tuple(SPLITS)  # ("train", "heldout", "ood")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceConfig:
+    """How the preference dataset is collected from the SFT model."""
+
+    pairs_per_prompt: int = 24
+    """Pairs sampled per train prompt (32 prompts -> 768 pairs before skipping identical ones)."""
+    eval_pairs_per_prompt: int = 24
+    """Pairs sampled per held-out / OOD prompt (8 prompts each -> 192 pairs before skipping)."""
+    temperature: float = 1.0
+    """Sampling temperature of the SFT model (1 = its own distribution)."""
+    seed: int = 0
+    """Seeds the sampling keys and the rater's coin flips."""
+    world: CapitalsConfig = CapitalsConfig()
+    """The capitals world; its rater_tau is the rater's temperature."""
+
+    @classmethod
+    def smoke(cls) -> "PreferenceConfig":
+        return cls(pairs_per_prompt=4, eval_pairs_per_prompt=4)
+
+
+def preference_paths(smoke: bool) -> dict[str, Path]:
+    """{split: runs[/smoke]/preferences_{split}.jsonl} for train, heldout and ood."""
+    return {s: runs_dir(smoke) / f"preferences_{s}.jsonl" for s in PREFERENCE_SPLITS}
+
+
+# ----------------------------------------------------------------------------- collection
+
+def collect_preferences(params, cfg: GPTConfig, tok: Tokenizer, prompts: Sequence[str], split: str,
+                        key: jax.Array, rng: np.random.Generator, n_pairs: int, tau: float,
+                        temperature: float = 1.0) -> tuple[list[dict], int]:
+    """Sample 2 * n_pairs responses per prompt from the policy, pair them up (rows 2j, 2j+1 of the
+    same prompt), label each pair with the simulated rater -> (records, number of skipped pairs)."""
+    samples = sample_answers(params, cfg, tok, prompts, key, n=2 * n_pairs, temperature=temperature)
+    records, n_skipped = [], 0
+    for i in range(0, len(samples.texts), 2):
+        prompt = samples.prompts[i]
+        (y1, y2), (e1, e2) = samples.texts[i:i + 2], samples.ended[i:i + 2]
+        if y1 == y2 and e1 == e2:
+            n_skipped += 1  # identical responses: an uninformative coin-flip label (module doc)
+            continue
+        pair = rate_pair(rng, parse_country(prompt), y1, y2, ended1=bool(e1), ended2=bool(e2), tau=tau)
+        chosen_i, rejected_i = (i, i + 1) if pair.y1_preferred else (i + 1, i)
+        records.append({
+            "prompt": prompt, "chosen": pair.chosen, "rejected": pair.rejected,
+            "chosen_ended": bool(samples.ended[chosen_i]),
+            "rejected_ended": bool(samples.ended[rejected_i]),
+            "chosen_gold_reward": float(samples.gold_reward[chosen_i]),
+            "rejected_gold_reward": float(samples.gold_reward[rejected_i]),
+            "p_chosen": pair.p_chosen, "split": split,
+        })
+    return records, n_skipped
+
+
+def build_preferences(params, cfg: GPTConfig, tok: Tokenizer, pcfg: PreferenceConfig,
+                      paths: dict[str, Path], quiet: bool = False) -> dict[str, Path]:
+    """Collect the three splits with the policy `params` and write them to `paths` (JSONL)."""
+    keys = jax.random.split(jax.random.PRNGKey(pcfg.seed), len(PREFERENCE_SPLITS))
+    for split, key in zip(PREFERENCE_SPLITS, keys):
+        rng = np.random.default_rng([pcfg.seed, PREFERENCE_SPLITS.index(split)])
+        n_pairs = pcfg.pairs_per_prompt if split == "train" else pcfg.eval_pairs_per_prompt
+        records, n_skipped = collect_preferences(params, cfg, tok, split_prompts(split), split, key,
+                                                 rng, n_pairs, pcfg.world.rater_tau, pcfg.temperature)
+        write_preferences(paths[split], records)
+        if not quiet:
+            print(f"[preferences] {split:8s} {len(records):4d} pairs written to {paths[split]} "
+                  f"({n_skipped} pairs of identical responses skipped)")
+    return paths
+
+
+def ensure_preferences(smoke: bool) -> dict[str, Path]:
+    """{split: path} of runs[/smoke]/preferences_{train,heldout,ood}.jsonl, collected from the SFT
+    model (built first if needed) when any of them is missing."""
+    paths = preference_paths(smoke)
+    if not all(p.exists() for p in paths.values()):
+        print(f"[preferences] collecting preference pairs into {runs_dir(smoke)} (lesson 04's data)")
+        params, cfg = ensure_sft_model(smoke)
+        pcfg = PreferenceConfig.smoke() if smoke else PreferenceConfig()
+        build_preferences(params, cfg, ensure_tokenizer(smoke), pcfg, paths)
+    return paths
+
+
+# ----------------------------------------------------------------------------- encoding
+
+def encode_responses(tok: Tokenizer, prompts: Sequence[str], responses: Sequence[str],
+                     ended: Sequence[bool], max_len: int) -> EncodedBatch:
+    """`encode_batch` (right-padded `<bos> prompt response <eos>`), except that a row whose
+    response did NOT end drops the final eos: its token becomes <pad> and its masks 0, so the
+    sequence ends on the last response token, as it was generated.  -> [B, max_len] arrays."""
+    ended = np.asarray(ended, bool)
+    if ended.shape != (len(responses),):
+        raise ValueError(f"encode_responses: {len(responses)} responses but ended has shape {ended.shape}")
+    enc = encode_batch(tok, prompts, responses, max_len=max_len)
+    tokens, attention_mask, response_mask = (a.copy() for a in enc)
+    rows = np.flatnonzero(~ended)
+    last = attention_mask[rows].sum(axis=1) - 1               # column of the appended eos (right-padded)
+    tokens[rows, last] = PAD_ID
+    attention_mask[rows, last] = 0
+    response_mask[rows, last] = 0
+    return EncodedBatch(tokens, attention_mask, response_mask)
+
+
+class PreferenceData(NamedTuple):
+    """A preference file encoded for the reward model (numpy arrays, one row per pair)."""
+    chosen_tokens: np.ndarray            # [N, T] int32, right-padded, eos only if chosen_ended
+    chosen_attention_mask: np.ndarray    # [N, T] int32
+    rejected_tokens: np.ndarray          # [N, T] int32
+    rejected_attention_mask: np.ndarray  # [N, T] int32
+    chosen_gold: np.ndarray              # [N] float64 r*(x, y_w); NaN when unknown
+    rejected_gold: np.ndarray            # [N] float64 r*(x, y_l); NaN when unknown
+    p_chosen: np.ndarray                 # [N] float64 the rater's P(y_w > y_l); NaN when unknown
+
+
+def _gold(record: dict, which: str) -> float:
+    """r* of the chosen/rejected response: the stored value, else computed when the prompt is a
+    capitals prompt (a user's own file), else NaN."""
+    if f"{which}_gold_reward" in record:
+        return float(record[f"{which}_gold_reward"])
+    try:
+        return gold_reward(parse_country(record["prompt"]), record[which],
+                           bool(record.get(f"{which}_ended", True)))
+    except ValueError:
+        return float("nan")
+
+
+def needed_length(tok: Tokenizer, records: Sequence[dict]) -> int:
+    """Longest `<bos> prompt response <eos>` over both responses of every record."""
+    lengths = [2 + len(encode_text(tok, r["prompt"])) + len(encode_text(tok, r[w]))
+               for r in records for w in ("chosen", "rejected")]
+    return max(lengths, default=0)
+
+
+def encode_preferences(tok: Tokenizer, records: Sequence[dict], max_len: int = SEQ_LEN) -> PreferenceData:
+    """Records (e.g. from `data.read_preferences`) -> PreferenceData of width max_len."""
+    if not records:
+        raise ValueError("encode_preferences: no records (an empty preference file?)")
+    prompts = [r["prompt"] for r in records]
+    enc = {w: encode_responses(tok, prompts, [r[w] for r in records],
+                               [bool(r.get(f"{w}_ended", True)) for r in records], max_len)
+           for w in ("chosen", "rejected")}
+    gold = {w: np.array([_gold(r, w) for r in records], np.float64) for w in ("chosen", "rejected")}
+    p_chosen = np.array([float(r.get("p_chosen", np.nan)) for r in records], np.float64)
+    return PreferenceData(enc["chosen"].tokens, enc["chosen"].attention_mask,
+                          enc["rejected"].tokens, enc["rejected"].attention_mask,
+                          gold["chosen"], gold["rejected"], p_chosen)
+
+
+def load_preference_data(tok: Tokenizer, paths: dict[str, Path], max_len: int) -> dict[str, PreferenceData]:
+    """{split: path} -> {split: PreferenceData}, every split at the same width (one jit shape):
+    max_len, or longer (up to what the files need) when a response does not fit."""
+    records = {s: read_preferences(p) for s, p in paths.items()}
+    width = max([max_len] + [needed_length(tok, r) for r in records.values()])
+    return {s: encode_preferences(tok, r, width) for s, r in records.items()}

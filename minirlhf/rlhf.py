@@ -1,0 +1,386 @@
+"""Stage 05: RLHF with PPO on the transformer (Ziegler et al. 2019; Stiennon et al. 2020;
+Ouyang et al. 2022).  Two copies of the SFT model start identical: the frozen reference pi_ref
+and the policy pi_theta, trained to
+
+    max_theta  E_{x ~ D, y ~ pi_theta(.|x)} [ r_phi(x, y) ]  -  beta KL(pi_theta(.|x) || pi_ref(.|x))
+
+(InstructGPT eq. 2 without the pretraining term).  ONE PPO ITERATION IS ONE JITTED FUNCTION,
+`ppo_iteration`, called once per iteration from Python:
+
+  1. rollout   B prompts drawn inside the jit; y ~ pi_theta with the KV-cache sampler;
+  2. scoring   log pi_old (a forward pass; equals the sampler's log-probs, checked every
+               iteration as rollout/logprob_mismatch), log pi_ref and r_phi (both under
+               stop_gradient: never differentiated), values V(s_t);
+  3. shaping   R_t = -beta kl_t, plus r_phi(x, y) on the last token (ppo.shape_rewards);
+  4. GAE       advantages and returns (ppo.gae), advantages optionally whitened (ppo.whiten);
+  5. update    n_epochs x n_minibatches clipped-surrogate steps under lax.scan (ppo.ppo_update);
+  6. KL ctl    beta fixed, or Ziegler et al.'s adaptive controller (ppo.kl_controller_update).
+
+The gold reward r* never enters training: `train_ppo` decodes each rollout outside the jit and
+scores it with r* for the diagnostics only.
+
+Policy and value function (`PPOConfig.value_model`):
+* "shared" (default): the value head V(s_t) = w . h_theta(s_t) + b sits on the POLICY's
+  backbone; loss = L_clip + vf_coef * L_V - ent_coef * H.  One forward/backward per minibatch,
+  half the compute of the alternative, which matters on a 2-core CPU; a small vf_coef keeps the
+  critic's regression from dragging the policy's features around.
+* "separate": InstructGPT's choice, a second transformer initialised from the reward model
+  (backbone and head), so V starts as r_phi of the prefix.  Twice the compute per step.
+Lesson 05 compares the two; the default is the one that trained best in our time budget.
+
+Alignment: values[:, t] = V(tokens[:, <t]), the value of the state in which token t is chosen
+(read from the hidden state of column t - 1), like logps[:, t] (see CONVENTIONS.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from functools import partial
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training.train_state import TrainState
+from tokenizers import Tokenizer
+
+from minirlhf import ppo
+from minirlhf.checkpoint import load_checkpoint, save_checkpoint
+from minirlhf.evaluation import MAX_NEW_TOKENS, PROMPT_LEN, gold_metrics, sample_answers
+from minirlhf.model import GPTConfig, forward, init_scalar_head, scalar_head, token_logprobs
+from minirlhf.paths import runs_dir
+from minirlhf.pretrain import ensure_tokenizer
+from minirlhf.reward import ensure_reward_model, reward_forward
+from minirlhf.sampling import Generation, generate
+from minirlhf.sft import ensure_sft_model
+from minirlhf.tokenizer import decode_responses, encode_prompts
+from minirlhf.training import Progress
+from minirlhf.worlds.capitals import gold_correct, gold_rewards, parse_country, split_prompts
+
+VALUE_MODELS = ("shared", "separate")
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """One PPO run on the transformer (hashable: it is a static argument of the jit)."""
+
+    n_iterations: int = 40
+    """PPO iterations (rollout + update), each one call of the jitted `ppo_iteration`."""
+    batch_size: int = 64
+    """Rollouts per iteration (B): prompts drawn from the training prompts, each about equally
+    often (a shuffled tiling of all of them)."""
+    update: ppo.PPOUpdateConfig = ppo.PPOUpdateConfig(n_epochs=2, n_minibatches=4)
+    """Epochs x minibatches of gradient steps per rollout batch (B must divide evenly)."""
+    lr: float = 3e-5
+    """Adam step size (constant) for the policy and the value function."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip before Adam."""
+    kl: ppo.KLControllerConfig = ppo.KLControllerConfig(init_beta=0.05, adaptive=False,
+                                                        target=2.0, horizon=2000.0)
+    """beta of the KL penalty: fixed (adaptive=False, the default) or Ziegler et al.'s
+    controller steering the per-response KL to `target` nats."""
+    kl_kind: str = "k1"
+    """KL estimator of the per-token penalty (Schulman 2020): "k1" = log pi_old - log pi_ref
+    (default: unbiased, and its sum over a response is exactly the sequence log-ratio, so the
+    first token's return is r_phi - beta log(pi/pi_ref), the objective itself); "k2" / "k3":
+    non-negative per token, lower variance (k2 biased)."""
+    clip_eps: float = 0.2
+    """epsilon of the clipped surrogate (Schulman et al. 2017 eq. 7)."""
+    clip_eps_v: float | None = 0.2
+    """Clip range of the value update around V_old; None = unclipped value loss."""
+    vf_coef: float = 0.1
+    """Weight of the value loss in the total loss."""
+    ent_coef: float = 0.0
+    """Weight of the entropy bonus (- ent_coef * mean token entropy); 0 = off (the KL penalty
+    already keeps the policy from collapsing)."""
+    gamma: float = 1.0
+    """Discount (1: the response is one episode, the reward arrives at its end)."""
+    lam: float = 0.95
+    """GAE lambda (Schulman et al. 2016)."""
+    whiten_advantages: bool = True
+    """Normalise the advantages to mean 0, std 1 over the batch's response tokens."""
+    temperature: float = 1.0
+    """Sampling temperature; every log-prob (old, new, ref) is taken at the same temperature."""
+    value_model: str = "shared"
+    """"shared": value head on the policy backbone; "separate": a value transformer initialised
+    from the reward model (InstructGPT).  See the module docstring."""
+    prompt_len: int = PROMPT_LEN
+    """Width P of the left-padded prompts."""
+    max_new_tokens: int = MAX_NEW_TOKENS
+    """Response budget N; a response without <eos> after N tokens is cut (and scored as such)."""
+    seed: int = 0
+    """Seeds the value head, every rollout and every minibatch order."""
+
+    def __post_init__(self):
+        if self.value_model not in VALUE_MODELS:
+            raise ValueError(f"PPOConfig.value_model: expected one of {VALUE_MODELS}, got {self.value_model!r}")
+        if self.kl_kind not in ppo.KL_ESTIMATORS:
+            raise ValueError(f"PPOConfig.kl_kind: expected one of {list(ppo.KL_ESTIMATORS)}, got {self.kl_kind!r}")
+        if self.batch_size % self.update.n_minibatches:
+            raise ValueError(f"PPOConfig: batch_size={self.batch_size} is not divisible by "
+                             f"update.n_minibatches={self.update.n_minibatches}")
+        if self.temperature <= 0:
+            raise ValueError(f"PPOConfig.temperature: expected > 0, got {self.temperature}")
+
+    @classmethod
+    def smoke(cls) -> "PPOConfig":
+        return cls(n_iterations=3, batch_size=16, update=ppo.PPOUpdateConfig(1, 2), lr=1e-4)
+
+
+class PPOState(NamedTuple):
+    train_state: TrainState        # params {"policy": gpt, "value": {"head"[, "backbone"]}} + Adam
+    kl_ctl: ppo.KLControllerState  # current beta
+
+
+class IterationOut(NamedTuple):
+    metrics: dict              # scalar diagnostics (TRL names), see `ppo_iteration`
+    prompt_idx: jax.Array      # [B] row of the prompt table each rollout answered
+    tokens: jax.Array          # [B, P+N] the rollout (left-padded prompt + response)
+    response_mask: jax.Array   # [B, P+N]
+
+
+# ----------------------------------------------------------------------------- models
+
+def reward_model_score(rm_params, tokens, attention_mask, response_mask, model_cfg: GPTConfig):
+    """r_phi(x, y) = w . h_last + b of the reward model (reward.py), read at the last real token
+    (the eos, or the last token of a cut response). [B, T] arrays -> [B]."""
+    del response_mask
+    return reward_forward(rm_params, tokens, attention_mask, model_cfg)
+
+
+RewardFn = Callable  # (rm_params, tokens, attention_mask, response_mask, model_cfg) -> [B]
+
+
+def init_ppo_params(policy_params: dict, rm_params: dict, model_cfg: GPTConfig, cfg: PPOConfig,
+                    key: jax.Array) -> dict:
+    """{"policy": a copy of pi_ref's weights, "value": {"head"} (shared: fresh head on the policy
+    backbone) or {"backbone", "head"} (separate: the reward model's backbone and head)}."""
+    if cfg.value_model == "separate":
+        value = {"backbone": rm_params["backbone"], "head": rm_params["head"]}
+    else:
+        value = {"head": init_scalar_head(key, model_cfg)}
+    copy = lambda tree: jax.tree_util.tree_map(jnp.array, tree)   # distinct buffers from pi_ref / RM
+    return {"policy": copy(policy_params), "value": copy(value)}
+
+
+@functools.lru_cache(maxsize=None)
+def ppo_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
+    """Adam with global-norm clipping; cached per config so that repeated runs with the same
+    config reuse one optimizer object (it is part of the jit's static state)."""
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr))
+
+
+def init_ppo_state(policy_params, rm_params, model_cfg: GPTConfig, cfg: PPOConfig, key) -> PPOState:
+    params = init_ppo_params(policy_params, rm_params, model_cfg, cfg, key)
+    ts = TrainState.create(apply_fn=None, params=params, tx=ppo_optimizer(cfg))
+    return PPOState(ts, ppo.kl_controller_init(cfg.kl))
+
+
+def state_values(head: dict, hidden):
+    """values[:, t] = V(s_t) = w . h[:, t-1] + b, the value of the state in which token t is chosen;
+    values[:, 0] = 0 (never an action).  hidden [B, T, D] -> [B, T]."""
+    v = scalar_head(head, hidden)                                    # [B, T]: V after token t
+    return jnp.pad(v[:, :-1], ((0, 0), (1, 0)))                      # [B, T]: V before token t
+
+
+def policy_and_values(params: dict, tokens, attention_mask, cfg: PPOConfig, model_cfg: GPTConfig):
+    """One pass of the policy (and of the value backbone when separate).
+    tokens, attention_mask [B, T] -> (logps [B, T] at cfg.temperature, values [B, T], logits [B, T, V])."""
+    out = forward(params["policy"], tokens, attention_mask, model_cfg)
+    logps = token_logprobs(out.logits, tokens, cfg.temperature)      # [B, T]
+    hidden = out.hidden
+    if "backbone" in params["value"]:
+        hidden = forward(params["value"]["backbone"], tokens, attention_mask, model_cfg).hidden
+    return logps, state_values(params["value"]["head"], hidden), out.logits
+
+
+# ----------------------------------------------------------------------------- loss
+
+def ppo_loss(params: dict, mb: dict, cfg: PPOConfig, model_cfg: GPTConfig):
+    """L = L_clip + vf_coef L_V - ent_coef H   (Schulman et al. 2017 eq. 9, as a loss).
+
+    L_clip: ppo.policy_loss (eq. 7); L_V: ppo.value_loss (clipped); H: mean token entropy of
+    pi_theta on the response tokens.  mb: {tokens, attention_mask, response_mask, old_logps,
+    old_values, advantages, returns}, each [b, T].  Returns (loss, metrics).
+    """
+    mask = mb["response_mask"]
+    new_logps, new_values, logits = policy_and_values(params, mb["tokens"], mb["attention_mask"],
+                                                      cfg, model_cfg)
+    pg_loss, pg_metrics = ppo.policy_loss(new_logps, mb["old_logps"], mb["advantages"], mask,
+                                          cfg.clip_eps)                                   # eq. 7
+    v_loss, v_metrics = ppo.value_loss(new_values, mb["old_values"], mb["returns"], mask,
+                                       cfg.clip_eps_v)
+    token_entropy = ppo.entropy_from_logits(logits[:, :-1] / cfg.temperature)          # [b, T-1]
+    entropy = ppo.masked_mean(jnp.pad(token_entropy, ((0, 0), (1, 0))), mask)           # aligned
+    loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy                      # eq. 9
+    ratio = ppo.masked_mean(jnp.exp(jnp.where(mask > 0, new_logps - mb["old_logps"], 0.0)), mask)
+    return loss, {"loss/policy": pg_loss, "loss/value": v_loss, "loss/total": loss,
+                  "policy/approxkl": pg_metrics["policy/approxkl"],
+                  "policy/clipfrac": pg_metrics["policy/clipfrac"],
+                  "policy/entropy": entropy, "val/ratio": ratio,
+                  "val/clipfrac": v_metrics["value/clipfrac"]}
+
+
+# ----------------------------------------------------------------------------- rollout
+
+def make_rollout(params, ref_params, rm_params, prompt_tokens, prompt_mask, beta, key, *,
+                 cfg: PPOConfig, model_cfg: GPTConfig, reward_fn: RewardFn = reward_model_score):
+    """Steps 1-4: sample, score, shape, GAE -> (batch for ppo_update, rollout statistics).
+
+    prompt_tokens, prompt_mask: [B, P] left-padded; beta: [] KL coefficient.
+    Everything computed here is data for the update: pi_theta's quantities are taken at the
+    CURRENT params (old = before this iteration's update) and, like pi_ref's log-probs and the
+    reward, under stop_gradient.
+    """
+    gen = generate(params["policy"], prompt_tokens, prompt_mask, key, cfg=model_cfg,
+                   max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    tokens, attn = gen.tokens, gen.attention_mask                                   # [B, T]
+    mask = gen.response_mask.astype(jnp.float32)                                    # [B, T]
+    old_logps, old_values, _ = jax.lax.stop_gradient(
+        policy_and_values(params, tokens, attn, cfg, model_cfg))                    # [B, T] each
+    ref_logits = forward(jax.lax.stop_gradient(ref_params), tokens, attn, model_cfg).logits
+    ref_logps = jax.lax.stop_gradient(token_logprobs(ref_logits, tokens, cfg.temperature))
+    scores = jax.lax.stop_gradient(reward_fn(rm_params, tokens, attn, mask, model_cfg))   # [B]
+    logratio = (old_logps - ref_logps) * mask                                        # [B, T]
+    rewards = ppo.shape_rewards(scores, logratio, mask, beta, cfg.kl_kind)          # [B, T]
+    advantages, returns = ppo.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = ppo.whiten(advantages, mask)
+    batch = {"tokens": tokens, "attention_mask": attn, "response_mask": mask,
+             "old_logps": old_logps, "old_values": old_values,
+             "advantages": advantages, "returns": returns}
+    seq_kl = jnp.sum(logratio, axis=1)                                               # [B] k1 sum
+    non_score = jnp.sum(rewards, axis=1) - scores                                   # [B] -beta sum kl_t
+    stats = {
+        "objective/kl": jnp.mean(seq_kl),                        # E[log pi_theta(y) - log pi_ref(y)]
+        "objective/kl_coef": jnp.asarray(beta, jnp.float32),
+        "objective/entropy": jnp.mean(-jnp.sum(old_logps * mask, axis=1)),  # E[-log pi_theta(y)]
+        "objective/scores": jnp.mean(scores),
+        "objective/non_score_reward": jnp.mean(non_score),
+        "objective/rlhf_reward": jnp.mean(scores + non_score),
+        "val/explained_variance": ppo.explained_variance(old_values, returns, mask),
+        "val/mean": ppo.masked_mean(old_values, mask),
+        "rollout/response_length": jnp.mean(jnp.sum(mask, axis=1)),
+        "rollout/logprob_mismatch": jnp.max(jnp.abs(old_logps - gen.logprobs) * mask),
+    }
+    return batch, stats
+
+
+def draw_prompts(key, n_prompts: int, batch_size: int):
+    """[B] prompt rows: a shuffled tiling of 0..n_prompts-1 (each prompt about B / n times)."""
+    reps = -(-batch_size // n_prompts)
+    return (jax.random.permutation(key, reps * n_prompts) % n_prompts)[:batch_size]
+
+
+@partial(jax.jit, static_argnames=("cfg", "model_cfg", "reward_fn"))
+def ppo_iteration(state: PPOState, ref_params, rm_params, prompt_tokens, prompt_mask, key, *,
+                  cfg: PPOConfig, model_cfg: GPTConfig, reward_fn: RewardFn = reward_model_score):
+    """One whole PPO iteration (steps 1-6 of the module docstring) under one jit.
+
+    prompt_tokens, prompt_mask: [N, P] the table of training prompts (left-padded); the B
+    prompts of this iteration are drawn from it inside the jit.  key: this iteration's key.
+    Returns (state, IterationOut).  metrics: objective/{kl, kl_coef, entropy, scores,
+    non_score_reward, rlhf_reward}, policy/{approxkl, clipfrac, entropy}, loss/{policy, value,
+    total}, val/{ratio, clipfrac, explained_variance, mean}, rollout/{response_length,
+    logprob_mismatch}; update metrics are averaged over the epochs x minibatches.
+    """
+    k_prompt, k_gen, k_update = jax.random.split(key, 3)
+    idx = draw_prompts(k_prompt, prompt_tokens.shape[0], cfg.batch_size)             # [B]
+    params = state.train_state.params
+    batch, stats = make_rollout(params, ref_params, rm_params, prompt_tokens[idx], prompt_mask[idx],
+                                state.kl_ctl.beta, k_gen, cfg=cfg, model_cfg=model_cfg,
+                                reward_fn=reward_fn)
+    loss_fn = partial(ppo_loss, cfg=cfg, model_cfg=model_cfg)
+    train_state, upd = ppo.ppo_update(state.train_state, batch, k_update, loss_fn, cfg.update)
+    kl_ctl = ppo.kl_controller_update(state.kl_ctl, stats["objective/kl"], cfg.batch_size, cfg.kl)
+    metrics = {**stats, **jax.tree_util.tree_map(jnp.mean, upd)}
+    return PPOState(train_state, kl_ctl), IterationOut(metrics, idx, batch["tokens"],
+                                                       batch["response_mask"])
+
+
+# ----------------------------------------------------------------------------- the Python loop
+
+def rollout_gold(tok: Tokenizer, countries: list[str], out: IterationOut) -> dict:
+    """Gold diagnostics of one rollout, from decoded text (outside the jit; never trained on)."""
+    dec = decode_responses(tok, out.tokens, out.response_mask)
+    rows = [countries[i] for i in np.asarray(out.prompt_idx)]
+    return {"gold/reward": float(gold_rewards(rows, dec.texts, dec.ended).mean()),
+            "gold/accuracy": float(gold_correct(rows, dec.texts).mean()),
+            "gold/eos_rate": float(dec.ended.mean())}
+
+
+SHOWN = ("objective/scores", "gold/reward", "gold/accuracy", "objective/kl", "policy/clipfrac")
+
+
+def train_ppo(policy_params: dict, ref_params: dict, rm_params: dict, model_cfg: GPTConfig,
+              tok: Tokenizer, cfg: PPOConfig, prompts: list[str] | None = None, quiet: bool = False):
+    """Run cfg.n_iterations jitted PPO iterations on the capitals prompts (default: the train
+    split) -> (PPOState, history) with history[name] = [n_iterations] numpy array of every
+    metric of `ppo_iteration`, the gold diagnostics of each rollout (gold/reward,
+    gold/accuracy, gold/eos_rate) and "time/iteration" (seconds, wall clock)."""
+    prompts = list(prompts or split_prompts("train"))
+    enc = encode_prompts(tok, prompts, max_len=cfg.prompt_len)
+    countries = [parse_country(p) for p in prompts]
+    k_init, k_run = jax.random.split(jax.random.PRNGKey(cfg.seed))
+    state = init_ppo_state(policy_params, rm_params, model_cfg, cfg, k_init)
+    history, progress = {}, Progress("ppo", cfg.n_iterations, quiet=quiet)
+    for i, key in enumerate(jax.random.split(k_run, cfg.n_iterations), 1):
+        t0 = time.perf_counter()
+        state, out = ppo_iteration(state, ref_params, rm_params, enc.tokens, enc.attention_mask, key,
+                                   cfg=cfg, model_cfg=model_cfg)
+        metrics = {k: float(v) for k, v in jax.device_get(out.metrics).items()}
+        metrics.update(rollout_gold(tok, countries, out))
+        metrics["time/iteration"] = time.perf_counter() - t0
+        for name, value in metrics.items():
+            history.setdefault(name, []).append(value)
+        progress(i, {k: metrics[k] for k in SHOWN})
+    return state, {k: np.array(v) for k, v in history.items()}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@partial(jax.jit, static_argnames=("model_cfg",))
+def sequence_kl(ref_params, gen: Generation, model_cfg: GPTConfig):
+    """Monte-Carlo KL(pi || pi_ref) terms of sampled responses (temperature-1 samples of pi):
+    sum_{t in y} log pi(y_t | .) - log pi_ref(y_t | .), with log pi from the sampler.  -> [B]."""
+    ref_logps = token_logprobs(forward(ref_params, gen.tokens, gen.attention_mask, model_cfg).logits,
+                               gen.tokens)
+    return jnp.sum((gen.logprobs - ref_logps) * gen.response_mask, axis=1)
+
+
+def evaluate_policy(params, ref_params, model_cfg: GPTConfig, tok: Tokenizer, splits: dict,
+                    key: jax.Array, n: int = 8) -> dict:
+    """{split: gold metrics of n temperature-1 samples per prompt (evaluation.gold_metrics) plus
+    "kl" = the mean KL(pi || pi_ref) estimate (nats per response)}."""
+    out = {}
+    for name, key_i in zip(splits, jax.random.split(key, len(splits))):
+        samples = sample_answers(params, model_cfg, tok, splits[name], key_i, n)
+        out[name] = {**gold_metrics(samples),
+                     "kl": float(jnp.mean(sequence_kl(ref_params, samples.generation, model_cfg)))}
+    return out
+
+
+# ----------------------------------------------------------------------------- the stage
+
+def save_ppo_policy(smoke: bool, params: dict, model_cfg: GPTConfig, meta: dict):
+    """Write the policy's GPT params to runs[/smoke]/ppo.ckpt (the value function is dropped)."""
+    return save_checkpoint(runs_dir(smoke) / "ppo.ckpt", params, model_cfg, {"stage": "ppo", **meta})
+
+
+def ensure_ppo_policy(smoke: bool):
+    """The PPO policy from runs[/smoke]/ppo.ckpt, trained with the default PPOConfig (lesson
+    05's main run) when missing -> (params, GPTConfig)."""
+    path = runs_dir(smoke) / "ppo.ckpt"
+    if not path.exists():
+        print(f"[ppo] {path} missing: running PPO (lesson 05's stage)")
+        cfg = PPOConfig.smoke() if smoke else PPOConfig()
+        tok, (sft_params, model_cfg) = ensure_tokenizer(smoke), ensure_sft_model(smoke)
+        rm_params, _ = ensure_reward_model(smoke)
+        state, history = train_ppo(sft_params, sft_params, rm_params, model_cfg, tok, cfg)
+        save_ppo_policy(smoke, state.train_state.params["policy"], model_cfg,
+                        {"final_kl": float(history["objective/kl"][-1])})
+    params, model_cfg, _ = load_checkpoint(path)
+    return params, model_cfg

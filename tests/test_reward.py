@@ -1,0 +1,240 @@
+"""Stage 04 (reward model): each behaviour checked against the math written out independently.
+
+Tiny GPT configs built here (never the lessons' checkpoints), so each test takes seconds.
+"""
+
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from minirlhf.bradley_terry import bradley_terry_loss
+from minirlhf.data import read_preferences, write_preferences
+from minirlhf.evaluation import MAX_NEW_TOKENS, PROMPT_LEN
+from minirlhf.model import GPTConfig, forward, init_params, reward_from_hidden
+from minirlhf.reward import (RewardConfig, calibration_bins, fold_normalisation, gold_agreement,
+                             init_reward_model, make_reward_step, normalise_reward_model, pearson,
+                             reward_loss, score, score_batched, train_pairs)
+from minirlhf.reward_data import collect_preferences, encode_preferences, encode_responses
+from minirlhf.tokenizer import EOS_ID, PAD_ID, encode_batch
+from minirlhf.training import init_train_state, make_train_step
+from minirlhf.worlds.capitals import gold_reward, parse_country, rater_prob, split_prompts
+
+TINY = GPTConfig(vocab_size=32, max_len=16, n_layer=2, n_head=2, d_model=16)
+
+
+def tiny_rm(seed=0, cfg=TINY):
+    k_gpt, k_head = jax.random.split(jax.random.PRNGKey(seed))
+    return init_reward_model(k_head, init_params(k_gpt, cfg), cfg)
+
+
+def right_padded(rng, lengths, T, vocab):
+    """Random right-padded rows [B, T]: token ids in [3, vocab), lengths as given."""
+    tokens = np.zeros((len(lengths), T), np.int32)
+    mask = np.zeros((len(lengths), T), np.int32)
+    for b, n in enumerate(lengths):
+        tokens[b, :n] = rng.integers(3, vocab, n)
+        mask[b, :n] = 1
+    return tokens, mask
+
+
+def pair_batch(rng, B=6, T=10):
+    c_tok, c_mask = right_padded(rng, rng.integers(3, T + 1, B), T, TINY.vocab_size)
+    r_tok, r_mask = right_padded(rng, rng.integers(3, T + 1, B), T, TINY.vocab_size)
+    return {"chosen_tokens": c_tok, "chosen_attention_mask": c_mask,
+            "rejected_tokens": r_tok, "rejected_attention_mask": r_mask}
+
+
+# ----------------------------------------------------------------------------- frozen backbone
+
+def test_frozen_backbone_gets_exactly_zero_gradient_and_never_moves():
+    params, batch = tiny_rm(), pair_batch(np.random.default_rng(0))
+    grads = {}
+    for frozen in (True, False):
+        grads[frozen] = jax.grad(lambda p: reward_loss(p, batch, TINY, frozen)[0])(params)
+    for leaf in jax.tree_util.tree_leaves(grads[True]["backbone"]):
+        assert not np.any(np.asarray(leaf))                               # exactly 0, every entry
+    # the same head gradient either way; the unfrozen backbone does get a gradient
+    for a, b in zip(jax.tree_util.tree_leaves(grads[True]["head"]),
+                    jax.tree_util.tree_leaves(grads[False]["head"])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert np.abs(np.asarray(grads[False]["backbone"]["wte"])).max() > 0
+    assert np.abs(np.asarray(grads[True]["head"]["w"])).max() > 0
+
+    # through the actual training step, with weight decay on (which would shrink an unmasked
+    # backbone even at zero gradient): the backbone stays bit-for-bit, the head moves
+    rcfg = RewardConfig(steps=3, weight_decay=0.1)
+    optimizer, step_fn = make_reward_step("head", TINY, rcfg)
+    state = init_train_state(params, optimizer)
+    for _ in range(3):
+        state, _ = step_fn(state, batch)
+    for a, b in zip(jax.tree_util.tree_leaves(params["backbone"]),
+                    jax.tree_util.tree_leaves(state.params["backbone"])):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(params["head"]["w"], state.params["head"]["w"])
+    optimizer, step_fn = make_reward_step("full", TINY, rcfg)
+    state = init_train_state(params, optimizer)
+    for _ in range(2):                                           # step 1 has lr 0 (warmup from 0)
+        state, _ = step_fn(state, batch)
+    assert not np.allclose(params["backbone"]["wte"], state.params["backbone"]["wte"])
+
+
+# ----------------------------------------------------------------------------- where the reward is read
+
+def test_reward_is_read_at_the_last_real_token_for_any_padding():
+    rng, T = np.random.default_rng(1), 9
+    params = tiny_rm(seed=1)
+    lengths = [3, 9, 5, 1, 7]
+    tokens, mask = right_padded(rng, lengths, T, TINY.vocab_size)                  # right-padded
+    r_right = np.asarray(score(params, tokens, mask, TINY))
+    # reference: each sequence alone, no padding at all, reward = w . h[-1] + b
+    for b, n in enumerate(lengths):
+        h = forward(params["backbone"], tokens[b:b + 1, :n], np.ones((1, n), np.int32), TINY).hidden
+        want = float(h[0, -1] @ params["head"]["w"] + params["head"]["b"])
+        np.testing.assert_allclose(r_right[b], want, rtol=1e-5, atol=1e-5)
+    # appending more padding changes nothing
+    more = (np.pad(tokens, ((0, 0), (0, 4))), np.pad(mask, ((0, 0), (0, 4))))
+    np.testing.assert_allclose(score(params, *more, TINY), r_right, rtol=1e-5, atol=1e-5)
+    # left padding (generation layout) and both-side padding (a generation that stopped early)
+    left_tok, left_mask = np.zeros_like(tokens), np.zeros_like(mask)
+    both_tok, both_mask = np.zeros((5, T + 5), np.int32), np.zeros((5, T + 5), np.int32)
+    for b, n in enumerate(lengths):
+        left_tok[b, T - n:], left_mask[b, T - n:] = tokens[b, :n], 1
+        both_tok[b, 3:3 + n], both_mask[b, 3:3 + n] = tokens[b, :n], 1
+    np.testing.assert_allclose(score(params, left_tok, left_mask, TINY), r_right, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(score(params, both_tok, both_mask, TINY), r_right, rtol=1e-5, atol=1e-5)
+    # score_batched (fixed chunks, all-pad filler rows) agrees with score
+    np.testing.assert_allclose(score_batched(params, tokens, mask, TINY, chunk=2), r_right,
+                               rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- recovering a known reward
+
+def linear_pair_loss(params, batch):
+    """The RM loss with the transformer replaced by fixed features: hidden = f, one position."""
+    feats = jnp.concatenate([batch["chosen_f"], batch["rejected_f"]])[:, None, :]     # [2B, 1, D]
+    r = reward_from_hidden(params["head"], feats, jnp.ones(feats.shape[:2], jnp.int32))
+    return bradley_terry_loss(*jnp.split(r, 2))
+
+
+def test_bradley_terry_training_recovers_a_known_linear_reward():
+    rng, D, M = np.random.default_rng(2), 8, 200
+    feats = rng.normal(size=(M, D))                            # one fixed vector per "response"
+    w_star = rng.normal(size=D)
+    w_star *= 2.0 / np.linalg.norm(w_star)                     # r* = w*.f, spread ~2 reward units
+
+    def rated_pairs(n):
+        i, j = rng.integers(0, M, n), rng.integers(0, M, n)
+        p = rater_prob(feats[i] @ w_star, feats[j] @ w_star, 1.0)       # BT rater, tau = 1
+        first = rng.random(n) < p
+        return np.where(first, i, j), np.where(first, j, i), p
+
+    w_idx, l_idx, _ = rated_pairs(8000)
+    arrays = {"chosen_f": feats[w_idx].astype(np.float32), "rejected_f": feats[l_idx].astype(np.float32)}
+    params = {"backbone": {}, "head": {"w": jnp.zeros(D), "b": jnp.zeros(())}}
+    rcfg = RewardConfig(steps=400, batch_size=128, lr_head=0.05)
+    optimizer = make_reward_step("head", TINY, rcfg)[0]
+    step_fn = make_train_step(linear_pair_loss, optimizer)
+    state, history = train_pairs(step_fn, init_train_state(params, optimizer), arrays, rcfg.steps,
+                                 rcfg.batch_size, np.random.default_rng(3))
+    w = np.asarray(state.params["head"]["w"], np.float64)
+    cosine = w @ w_star / (np.linalg.norm(w) * np.linalg.norm(w_star))
+    assert cosine > 0.98, cosine
+    assert 0.7 < np.linalg.norm(w) / np.linalg.norm(w_star) < 1.3   # BT also recovers the scale 1/tau
+    # on fresh pairs: the rater's expected agreement with the learned ranking vs the Bayes rate
+    i, j = rng.integers(0, M, 20000), rng.integers(0, M, 20000)
+    p = rater_prob(feats[i] @ w_star, feats[j] @ w_star, 1.0)           # P(rater picks i)
+    expected_acc = np.mean(np.where(feats[i] @ w > feats[j] @ w, p, 1 - p))
+    bayes = np.mean(np.maximum(p, 1 - p))
+    assert bayes - 0.01 <= expected_acc <= bayes + 1e-12, (expected_acc, bayes)
+    assert history["loss"][-50:].mean() < history["loss"][:10].mean()
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+def test_fold_normalisation_gives_mean_zero_std_one_and_keeps_orderings():
+    rng = np.random.default_rng(4)
+    params = tiny_rm(seed=4)
+    params["head"]["b"] = jnp.asarray(0.7)
+    tokens, mask = right_padded(rng, rng.integers(2, 11, 40), 10, TINY.vocab_size)
+    before = np.asarray(score(params, tokens, mask, TINY), np.float64)
+    normed, stats = normalise_reward_model(params, before)
+    after = np.asarray(score(normed, tokens, mask, TINY), np.float64)
+    np.testing.assert_allclose([after.mean(), after.std()], [0.0, 1.0], atol=1e-4)
+    np.testing.assert_allclose(after, (before - stats["mean"]) / stats["std"], rtol=1e-4, atol=1e-4)
+    assert np.array_equal(np.sign(before[:, None] - before[None]), np.sign(after[:, None] - after[None]))
+    head = fold_normalisation({"w": jnp.array([2.0, -4.0]), "b": jnp.asarray(3.0)}, mean=1.0, std=2.0)
+    np.testing.assert_allclose(head["w"], [1.0, -2.0])
+    np.testing.assert_allclose(head["b"], 1.0)
+    with pytest.raises(ValueError, match="std"):
+        fold_normalisation(head, 0.0, 0.0)
+
+
+# ----------------------------------------------------------------------------- data
+
+GEN_CFG = GPTConfig(vocab_size=512, max_len=PROMPT_LEN + MAX_NEW_TOKENS, n_layer=1, n_head=2, d_model=16)
+
+
+def test_collected_preferences_round_trip_and_match_the_rater(tok, tmp_path):
+    params = init_params(jax.random.PRNGKey(5), GEN_CFG)
+    prompts = split_prompts("train")[:3]
+    records, skipped = collect_preferences(params, GEN_CFG, tok, prompts, "train", jax.random.PRNGKey(6),
+                                           np.random.default_rng(7), n_pairs=4, tau=0.5)
+    assert len(records) + skipped == 12 and len(records) > 0
+    for r in records:
+        country = parse_country(r["prompt"])
+        g_w = gold_reward(country, r["chosen"], r["chosen_ended"])
+        g_l = gold_reward(country, r["rejected"], r["rejected_ended"])
+        assert (r["chosen_gold_reward"], r["rejected_gold_reward"]) == (g_w, g_l)
+        np.testing.assert_allclose(r["p_chosen"], rater_prob(g_w, g_l, 0.5))
+        assert r["split"] == "train" and (r["chosen"], r["chosen_ended"]) != (r["rejected"], r["rejected_ended"])
+    path = write_preferences(tmp_path / "prefs.jsonl", records)
+    assert read_preferences(path) == records
+    # a greedy policy gives two identical responses: every pair is skipped
+    greedy, n_skip = collect_preferences(params, GEN_CFG, tok, prompts, "train", jax.random.PRNGKey(6),
+                                         np.random.default_rng(7), n_pairs=2, tau=0.5, temperature=0.0)
+    assert greedy == [] and n_skip == 6
+
+
+def test_unfinished_responses_are_encoded_without_eos(tok):
+    prompts = ["What's the capital of France?"] * 2
+    answer = " The capital of France is Paris."
+    enc = encode_responses(tok, prompts, [answer, answer], [True, False], max_len=24)
+    ref = encode_batch(tok, prompts, [answer, answer], max_len=24)
+    n = int(ref.attention_mask[0].sum())
+    assert ref.tokens[0, n - 1] == EOS_ID
+    for a, b in zip(enc, ref):                                  # ended row: exactly encode_batch
+        np.testing.assert_array_equal(a[0], b[0])
+    assert EOS_ID not in enc.tokens[1] and enc.tokens[1, n - 1] == PAD_ID
+    np.testing.assert_array_equal(enc.tokens[1, :n - 1], ref.tokens[1, :n - 1])
+    assert enc.attention_mask[1].sum() == n - 1 and enc.response_mask[1].sum() == ref.response_mask[1].sum() - 1
+    # through the record path too, and gold rewards are recomputed for a file without them
+    data = encode_preferences(tok, [{"prompt": prompts[0], "chosen": answer, "rejected": answer,
+                                     "chosen_ended": True, "rejected_ended": False}], max_len=24)
+    assert EOS_ID in data.chosen_tokens[0] and EOS_ID not in data.rejected_tokens[0]
+    np.testing.assert_allclose([data.chosen_gold[0], data.rejected_gold[0]], [1.5, 0.5])
+    assert np.isnan(data.p_chosen[0])
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def test_gold_agreement_pearson_and_calibration_match_brute_force():
+    rng = np.random.default_rng(8)
+    r_w, r_l = rng.normal(size=50), rng.normal(size=50)
+    g_w, g_l = rng.integers(0, 3, 50).astype(float), rng.integers(0, 3, 50).astype(float)
+    kept = [(a - b > 0) == (c - d > 0) for a, b, c, d in zip(r_w, r_l, g_w, g_l) if c != d]
+    assert gold_agreement(r_w, r_l, g_w, g_l) == pytest.approx(sum(kept) / len(kept))
+    x, y = rng.normal(size=30), rng.normal(size=30)
+    assert pearson(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1])
+    p = rng.uniform(size=50)
+    cal = calibration_bins(r_w, r_l, p, n_bins=4)
+    q = 1 / (1 + np.exp(-(r_w - r_l)))
+    for k in range(4):
+        lo, hi = k / 4, (k + 1) / 4
+        pts = [(qq, 1.0, pp) for qq, pp in zip(q, p) if lo <= qq < hi or (k == 3 and qq == 1)]
+        pts += [(1 - qq, 0.0, 1 - pp) for qq, pp in zip(q, p) if lo <= 1 - qq < hi]
+        assert cal["count"][k] == len(pts)
+        if pts:
+            np.testing.assert_allclose([cal["predicted"][k], cal["empirical"][k], cal["rater_p"][k]],
+                                       np.mean(pts, axis=0))

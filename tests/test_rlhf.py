@@ -1,0 +1,178 @@
+"""PPO on the transformer (minirlhf/rlhf.py), on a tiny random GPT and stand-in reward models."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from minirlhf import ppo, rlhf
+from minirlhf.model import GPTConfig, forward, init_params, init_scalar_head, scalar_head
+from minirlhf.sampling import generate
+
+MODEL = GPTConfig(vocab_size=16, max_len=12, n_layer=1, n_head=2, d_model=16)
+P, N = 4, 5                      # prompt width, response budget (P + N + 3 pads <= max_len)
+CFG = rlhf.PPOConfig(batch_size=8, update=ppo.PPOUpdateConfig(2, 2), lr=1e-3, prompt_len=P,
+                     max_new_tokens=N, kl=ppo.KLControllerConfig(init_beta=0.1))
+METRICS = ("objective/kl", "objective/kl_coef", "objective/entropy", "objective/scores",
+           "objective/non_score_reward", "objective/rlhf_reward", "policy/approxkl",
+           "policy/clipfrac", "policy/entropy", "loss/policy", "loss/value", "loss/total",
+           "val/ratio", "val/clipfrac", "val/explained_variance", "val/mean",
+           "rollout/response_length", "rollout/logprob_mismatch")
+
+
+def prompts():
+    """4 left-padded prompts `<pad>.. <bos> w..` of 1-3 words from ids 3..15."""
+    tokens = np.array([[0, 0, 1, 5], [0, 1, 7, 3], [1, 9, 4, 6], [0, 0, 1, 12]], np.int32)
+    return jnp.asarray(tokens), jnp.asarray((tokens > 0).astype(np.int32))
+
+
+@pytest.fixture(scope="module")
+def models():
+    k_pi, k_rm, k_head, k_v = jax.random.split(jax.random.PRNGKey(0), 4)
+    ref = init_params(k_pi, MODEL)
+    rm = {"backbone": init_params(k_rm, MODEL), "head": init_scalar_head(k_head, MODEL)}
+    rm["head"]["w"] = rm["head"]["w"] * 50.0                        # scores of order 1
+    return ref, rm, rlhf.init_ppo_state(ref, rm, MODEL, CFG, k_v)
+
+
+def rollout(state, ref, rm, key, cfg=CFG, ref_override=None):
+    pt, pm = prompts()
+    pt, pm = jnp.tile(pt, (2, 1)), jnp.tile(pm, (2, 1))              # B = 8
+    return rlhf.make_rollout(state.train_state.params, ref if ref_override is None else ref_override,
+                             rm, pt, pm, state.kl_ctl.beta, key, cfg=cfg, model_cfg=MODEL)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_old_logprobs_equal_the_samplers(models, temperature):
+    ref, rm, state = models
+    cfg = dataclasses.replace(CFG, temperature=temperature)
+    key = jax.random.PRNGKey(1)
+    batch, stats = rollout(state, ref, rm, key, cfg)
+    pt, pm = prompts()
+    gen = generate(state.train_state.params["policy"], jnp.tile(pt, (2, 1)), jnp.tile(pm, (2, 1)), key,
+                   cfg=MODEL, max_new_tokens=N, temperature=temperature)
+    np.testing.assert_array_equal(batch["tokens"], gen.tokens)
+    assert gen.response_mask.sum() > 8                               # something was sampled
+    np.testing.assert_allclose(batch["old_logps"] * gen.response_mask, gen.logprobs, atol=2e-5)
+    assert float(stats["rollout/logprob_mismatch"]) < 2e-5
+
+
+def test_reference_gets_no_gradient_and_is_unchanged(models):
+    ref, rm, state = models
+    params, key = state.train_state.params, jax.random.PRNGKey(2)
+
+    def loss_through_rollout(ref_params):
+        batch, _ = rollout(state, ref, rm, key, ref_override=ref_params)
+        return rlhf.ppo_loss(params, batch, CFG, MODEL)[0]
+
+    grads = jax.grad(loss_through_rollout)(ref)
+    for g in jax.tree_util.tree_leaves(grads):
+        assert np.all(np.asarray(g) == 0.0)
+    ref_before = jax.tree_util.tree_map(np.array, ref)
+    pt, pm = prompts()
+    new_state, _ = rlhf.ppo_iteration(state, ref, rm, pt, pm, key, cfg=CFG, model_cfg=MODEL)
+    for a, b in zip(jax.tree_util.tree_leaves(ref_before), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_array_equal(a, b)
+    moved = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(
+        jax.tree_util.tree_leaves(new_state.train_state.params["policy"]), jax.tree_util.tree_leaves(ref))]
+    assert max(moved) > 0                                            # the policy did move
+
+
+def test_padding_contributes_nothing(models):
+    ref, rm, state = models
+    batch, _ = rollout(state, ref, rm, jax.random.PRNGKey(3))
+    padded = {k: jnp.pad(v, ((0, 0), (0, 3))) for k, v in batch.items()}   # 3 pad columns (id 0, masks 0)
+    params = state.train_state.params
+    loss, metrics = rlhf.ppo_loss(params, batch, CFG, MODEL)
+    loss_p, metrics_p = rlhf.ppo_loss(params, padded, CFG, MODEL)
+    np.testing.assert_allclose(loss_p, loss, rtol=1e-5, atol=1e-6)
+    for name in metrics:
+        np.testing.assert_allclose(metrics_p[name], metrics[name], rtol=1e-5, atol=1e-6)
+    g = jax.grad(lambda p, b: rlhf.ppo_loss(p, b, CFG, MODEL)[0])
+    for a, b in zip(jax.tree_util.tree_leaves(g(params, batch)), jax.tree_util.tree_leaves(g(params, padded))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_values_are_aligned_with_the_state_before_each_token(models):
+    ref, rm, state = models
+    batch, _ = rollout(state, ref, rm, jax.random.PRNGKey(4))
+    params = state.train_state.params
+    hidden = forward(params["policy"], batch["tokens"], batch["attention_mask"], MODEL).hidden
+    v_after = np.asarray(scalar_head(params["value"]["head"], hidden))          # V after token t
+    np.testing.assert_allclose(batch["old_values"][:, P], v_after[:, P - 1], rtol=1e-5)  # V(prompt)
+    np.testing.assert_array_equal(batch["old_values"][:, 0], 0.0)
+
+
+def test_one_jitted_iteration_returns_documented_finite_metrics(models):
+    ref, rm, state = models
+    pt, pm = prompts()
+    new_state, out = rlhf.ppo_iteration(state, ref, rm, pt, pm, jax.random.PRNGKey(5), cfg=CFG,
+                                        model_cfg=MODEL)
+    assert set(out.metrics) == set(METRICS)
+    for name, value in out.metrics.items():
+        assert np.isfinite(float(value)), name
+    assert out.tokens.shape == (CFG.batch_size, P + N) and out.prompt_idx.shape == (CFG.batch_size,)
+    np.testing.assert_array_equal(np.bincount(np.asarray(out.prompt_idx), minlength=4), [2, 2, 2, 2])
+    assert float(new_state.kl_ctl.beta) == pytest.approx(0.1)            # fixed-beta mode
+    steps = CFG.update.n_epochs * CFG.update.n_minibatches
+    assert int(new_state.train_state.step) == int(state.train_state.step) + steps
+
+
+def test_adaptive_controller_lowers_beta_when_kl_is_below_target(models):
+    ref, rm, _ = models
+    kl = ppo.KLControllerConfig(init_beta=0.1, adaptive=True, target=1e6, horizon=80.0)
+    cfg = dataclasses.replace(CFG, kl=kl)
+    state = rlhf.init_ppo_state(ref, rm, MODEL, cfg, jax.random.PRNGKey(0))
+    pt, pm = prompts()
+    new_state, _ = rlhf.ppo_iteration(state, ref, rm, pt, pm, jax.random.PRNGKey(5), cfg=cfg, model_cfg=MODEL)
+    # e = clip(KL / target - 1, -0.2, 0.2) = -0.2;  beta' = beta (1 + e B / horizon)
+    assert float(new_state.kl_ctl.beta) == pytest.approx(0.1 * (1 - 0.2 * 8 / 80.0), rel=1e-6)
+
+
+@pytest.mark.parametrize("value_model", ["shared", "separate"])
+def test_value_function_receives_gradients(models, value_model):
+    ref, rm, _ = models
+    cfg = dataclasses.replace(CFG, value_model=value_model)
+    state = rlhf.init_ppo_state(ref, rm, MODEL, cfg, jax.random.PRNGKey(0))
+    batch, _ = rollout(state, ref, rm, jax.random.PRNGKey(6), cfg)
+    grads = jax.grad(lambda p: rlhf.ppo_loss(p, batch, cfg, MODEL)[0])(state.train_state.params)
+    for g in jax.tree_util.tree_leaves(grads["value"]):
+        assert np.abs(np.asarray(g)).max() > 0
+    if value_model == "separate":                                    # InstructGPT: V starts as r_phi
+        np.testing.assert_array_equal(state.train_state.params["value"]["head"]["w"], rm["head"]["w"])
+    pt, pm = prompts()
+    new_state, _ = rlhf.ppo_iteration(state, ref, rm, pt, pm, jax.random.PRNGKey(7), cfg=cfg, model_cfg=MODEL)
+    assert np.abs(np.asarray(new_state.train_state.params["value"]["head"]["w"])
+                  - np.asarray(state.train_state.params["value"]["head"]["w"])).max() > 0
+
+
+TARGET = 9
+
+
+def count_target(rm_params, tokens, attention_mask, response_mask, model_cfg):
+    """Stand-in reward: the number of times TARGET occurs in the response."""
+    return jnp.sum((tokens == TARGET) * response_mask, axis=1)
+
+
+def first_token_prob(policy, token):
+    pt, pm = prompts()
+    logits = forward(policy, pt, pm, MODEL).logits[:, -1]                  # next token after prompt
+    return float(jnp.mean(jax.nn.softmax(logits, axis=-1)[:, token]))
+
+
+def test_ppo_increases_the_probability_of_the_rewarded_token(models):
+    ref, rm, _ = models
+    cfg = dataclasses.replace(CFG, batch_size=16, lr=1e-2, kl=ppo.KLControllerConfig(init_beta=0.01))
+    state = rlhf.init_ppo_state(ref, rm, MODEL, cfg, jax.random.PRNGKey(0))
+    pt, pm = prompts()
+    p_before = first_token_prob(ref, TARGET)
+    scores = []
+    for key in jax.random.split(jax.random.PRNGKey(8), 6):
+        state, out = rlhf.ppo_iteration(state, ref, rm, pt, pm, key, cfg=cfg, model_cfg=MODEL,
+                                        reward_fn=count_target)
+        scores.append(float(out.metrics["objective/scores"]))
+    p_after = first_token_prob(state.train_state.params["policy"], TARGET)
+    assert p_after > 2 * p_before, (p_before, p_after)
+    assert np.mean(scores[-2:]) > np.mean(scores[:2]), scores
