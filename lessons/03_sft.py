@@ -56,16 +56,22 @@ for tid, m in zip(enc.tokens[0, :n], enc.response_mask[0, :n]):
     print(f"  {id_to_token(tok, [int(tid)])[0]!r:<12} {m}")
 
 # %% [markdown]
-# ## 2. Fine-tuning
+# ## 2. Fine-tuning, twice
+#
+# First on the demonstrations alone, then with **replay**: pretraining documents mixed into
+# the SFT batches (about a third of the rows are demos).  The second keeps what the base
+# model knew about countries that no demonstration mentions; it is the one we keep as pi_ref.
 
 # %%
+demos_only, _ = sft(base_params, model_cfg, tok, SFTConfig(**{**cfg.__dict__, "replay": False}), quiet=True)
 params, history = sft(base_params, model_cfg, tok, cfg)
 save_checkpoint(RUNS / "sft.ckpt", params, model_cfg, {"stage": "sft", "final_loss": float(history[-1])})
-print(f"saved {RUNS / 'sft.ckpt'} (pi_ref); final loss {history[-10:].mean():.3f} nats/response token")
+print(f"saved {RUNS / 'sft.ckpt'} (pi_ref); final loss {history[-10:].mean():.3f} nats/token")
 
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.plot(np.arange(1, len(history) + 1), history)
-ax.set(xlabel="optimizer step", ylabel="response cross-entropy (nats / token)", title="SFT on Q/A demonstrations")
+ax.set(xlabel="optimizer step", ylabel="cross-entropy (nats / token)",
+       title="SFT with replay (demo responses + corpus documents)")
 fig.tight_layout()
 fig.savefig(FIGURES / "03_sft_loss.png", dpi=120)
 
@@ -74,15 +80,22 @@ fig.savefig(FIGURES / "03_sft_loss.png", dpi=120)
 #
 # Train prompts were in the demos; held-out countries were in the corpus but never in
 # a demo; OOD prompts use a question template that occurs nowhere in the training data.
-# Expect SFT to answer in the Q/A format (eos rate up, rambling down) and to be right
-# only part of the time: it imitates labellers who were wrong 20% of the time, on top
-# of a base model that learned a noisy web.
+# Expect SFT to answer in the Q/A format and to be right only part of the time: it
+# imitates labellers who were wrong 20% of the time, on top of a base model that learned a
+# noisy web.  Expect the demos-only model to lose the held-out countries: it has learned
+# "The capital of <a train country> is ..." and copies the wrong country.
 
 # %%
 key = jax.random.PRNGKey(3)
-base_results = evaluate_splits(base_params, model_cfg, tok, splits, key, n=N_EVAL)
-sft_results = evaluate_splits(params, model_cfg, tok, splits, key, n=N_EVAL)
-print(format_table({f"base/{k}": v for k, v in base_results.items()} | {f"sft/{k}": v for k, v in sft_results.items()}))
+table = {}
+for name, p in (("base", base_params), ("sft-demos-only", demos_only), ("sft (pi_ref)", params)):
+    for split, metrics in evaluate_splits(p, model_cfg, tok, splits, key, n=N_EVAL).items():
+        table[f"{name}/{split}"] = metrics
+print(format_table(table))
+s = sample_answers(demos_only, model_cfg, tok, cw.split_prompts("heldout")[:2], jax.random.PRNGKey(5), n=3)
+print("\ndemos-only SFT on held-out countries:")
+for prompt, text in zip(s.prompts, s.texts):
+    print(f"   {prompt!r} -> {text!r}")
 
 for name, p in (("base", base_params), ("sft", params)):
     s = sample_answers(p, model_cfg, tok, ["What's the capital of France?"], jax.random.PRNGKey(4), n=5)

@@ -102,7 +102,7 @@ for regime in rm.REGIMES:
     trained[regime], histories[regime] = rm.train_reward_model(
         init, data["train"], cfg, rcfg, regime, eval_data=data["heldout"])
     train_time[regime] = time.time() - t0
-    print(f"{regime}: {rcfg.steps} steps in {train_time[regime]:.1f} s")
+    print(f"{regime}: {rcfg.steps(regime)} steps in {train_time[regime]:.1f} s")
 
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))

@@ -3,8 +3,8 @@
 All three losses see a preference pair (x, y_w, y_l) only through four SUMMED sequence
 log-probabilities (the DPO paper's choice: log pi(y|x) = sum_t log pi(y_t | x, y_<t)):
 
-    policy_chosen_logps     = log pi_theta(y_w | x)      reference_chosen_logps   = log pi_ref(y_w | x)
-    policy_rejected_logps   = log pi_theta(y_l | x)      reference_rejected_logps = log pi_ref(y_l | x)
+    policy_chosen_logps   = log pi_theta(y_w | x)    reference_chosen_logps   = log pi_ref(y_w | x)
+    policy_rejected_logps = log pi_theta(y_l | x)    reference_rejected_logps = log pi_ref(y_l | x)
 
 and through the difference of log-ratios
 

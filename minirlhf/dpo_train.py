@@ -117,9 +117,6 @@ def concatenated_logps(params, batch: dict, cfg: GPTConfig):
     return tuple(jnp.split(logps, 2))                                        # [B] each
 
 
-_jit_sequence_logprobs = jax.jit(sequence_logprobs, static_argnames=("cfg", "temperature"))
-
-
 @partial(jax.jit, static_argnames=("cfg",))
 def _pair_logps(params, batch: dict, cfg: GPTConfig):
     return concatenated_logps(params, batch, cfg)
@@ -208,17 +205,16 @@ def evaluate_pairs(params, arrays: dict, cfg: GPTConfig, dcfg: DPOConfig) -> dic
 
 # ----------------------------------------------------------------------------- diagnostics
 
-def implicit_rewards(params, ref_params, cfg: GPTConfig, tok: Tokenizer, prompts: Sequence[str],
-                     responses: Sequence[str], beta: float) -> np.ndarray:
-    """DPO's implicit reward r_theta(x, y) = beta log pi_theta(y|x)/pi_ref(y|x) (Rafailov et al. sec. 5)
-    of finished responses (eos appended), up to the prompt-only beta log Z(x).  -> [B]."""
-    width = max(SEQ_LEN, needed_length(tok, [{"prompt": p, "chosen": y, "rejected": y}
-                                             for p, y in zip(prompts, responses)]))
-    enc = encode_responses(tok, prompts, responses, [True] * len(responses), width)
-    seq = _jit_sequence_logprobs
-    logratio = (seq(params, enc.tokens, enc.attention_mask, enc.response_mask, cfg)
-                - seq(ref_params, enc.tokens, enc.attention_mask, enc.response_mask, cfg))
-    return beta * np.asarray(logratio)
+def implicit_rewards(params, ref_params, arrays: dict, cfg: GPTConfig, beta: float):
+    """DPO's implicit reward r_theta(x, y) = beta log pi_theta(y|x)/pi_ref(y|x) (Rafailov et al. sec. 5),
+    which equals r(x, y) - beta log Z(x) at the optimum: no reward model, only two policies.
+
+    arrays: `encode_pairs` output ([N, T] each).  -> (chosen_rewards [N], rejected_rewards [N]) numpy.
+    """
+    policy_chosen_logps, policy_rejected_logps = pair_logps(params, arrays, cfg)
+    reference_chosen_logps, reference_rejected_logps = pair_logps(ref_params, arrays, cfg)
+    return (beta * (policy_chosen_logps - reference_chosen_logps),        # eq. 5 of sec. 5
+            beta * (policy_rejected_logps - reference_rejected_logps))
 
 
 @partial(jax.jit, static_argnames=("cfg",))

@@ -63,7 +63,8 @@ def evaluate_splits(params, cfg: GPTConfig, tok: Tokenizer, splits: dict, key: j
 
 def format_table(results: dict, columns=("gold/accuracy", "gold/reward", "gold/eos_rate")) -> str:
     """A fixed-width table of {row: {metric: value}} for printing in lessons."""
-    head = f"{'':<18}" + "".join(f"{c:>16}" for c in columns)
-    lines = [head] + [f"{row:<18}" + "".join(f"{m[c]:>16.3f}" for c in columns)
+    w = max([len(str(row)) for row in results] + [8]) + 2
+    head = f"{'':<{w}}" + "".join(f"{c:>16}" for c in columns)
+    lines = [head] + [f"{row:<{w}}" + "".join(f"{m[c]:>16.3f}" for c in columns)
                       for row, m in results.items()]
     return "\n".join(lines)

@@ -2,7 +2,7 @@
 
 Both methods optimise (in different ways) the same KL-regularised objective
 
-    max_pi  E_{y ~ pi}[r(y)] - beta KL(pi || pi_ref),   solved by   pi*_beta ∝ pi_ref exp(r / beta),
+    max_pi  E_{y ~ pi}[r(y)] - beta KL(pi || pi_ref),   solved by  pi*_beta ∝ pi_ref exp(r / beta),
 
 so on the exact world we can watch the exact KL(pi_theta || pi*_beta) fall to ~0.
 
@@ -21,6 +21,7 @@ Every run is one pure function of its PRNG key (a lax.scan over iterations), so
 """
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -54,9 +55,9 @@ def _adam(learning_rate, total_steps: int, anneal: bool):
 
 @dataclass(frozen=True)
 class TabularPPOConfig:
-    beta: float = 0.1
+    beta: float = 0.3
     """Fixed KL coefficient of the per-token penalty (the target is pi*_beta)."""
-    n_iterations: int = 150
+    n_iterations: int = 100
     """Rollout + update iterations."""
     batch_size: int = 64
     """Rollouts per iteration (prompts assigned round-robin)."""
@@ -80,6 +81,15 @@ class TabularPPOConfig:
     """Normalise advantages over the batch."""
     kl_kind: str = "k1"
     """KL estimator in the shaped reward (k1: the sum is exactly log pi/pi_ref)."""
+
+    def __post_init__(self):
+        if self.beta <= 0 or self.kl_kind not in ppo.KL_ESTIMATORS:
+            raise ValueError(f"TabularPPOConfig: need beta > 0 and kl_kind in "
+                             f"{list(ppo.KL_ESTIMATORS)}, got beta={self.beta}, "
+                             f"kl_kind={self.kl_kind!r}")
+        if self.batch_size % self.update.n_minibatches != 0:
+            raise ValueError(f"TabularPPOConfig: batch_size={self.batch_size} is not divisible "
+                             f"by update.n_minibatches={self.update.n_minibatches}")
 
 
 def _ppo_loss_fn(cfg: TabularPPOConfig):
@@ -148,7 +158,7 @@ def run_ppo(world: ExactWorld, cfg: TabularPPOConfig, key: jax.Array):
 
 @dataclass(frozen=True)
 class TabularDPOConfig:
-    beta: float = 0.5
+    beta: float = 0.3
     """KL strength: DPO's population optimum is pi*_beta."""
     loss_type: str = "dpo"
     """"dpo" (Rafailov et al. 2023 eq. 7, with label_smoothing: cDPO) or "ipo" (Azar et al.)."""
@@ -156,9 +166,9 @@ class TabularDPOConfig:
     """cDPO epsilon (dpo only)."""
     population: bool = False
     """True: exact expected loss over all pairs (infinite data); False: a sampled dataset."""
-    n_pairs_per_prompt: int = 4096
+    n_pairs_per_prompt: int = 65536
     """Size of the sampled dataset per prompt (population=False)."""
-    batch_size: int | None = 1024
+    batch_size: int | None = None
     """Pairs per gradient step, drawn with replacement (population=False); None: full batch."""
     n_steps: int = 600
     """Gradient steps."""
@@ -166,6 +176,14 @@ class TabularDPOConfig:
     """Adam step size."""
     anneal_lr: bool = True
     """Linearly decay the step size to 0."""
+
+    def __post_init__(self):
+        if self.loss_type not in ("dpo", "ipo"):
+            raise ValueError(f"TabularDPOConfig.loss_type: expected 'dpo' or 'ipo', "
+                             f"got {self.loss_type!r}")
+        if self.beta <= 0 or not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"TabularDPOConfig: need beta > 0 and 0 <= label_smoothing < 0.5, "
+                             f"got beta={self.beta}, label_smoothing={self.label_smoothing}")
 
 
 class PreferencePairs(NamedTuple):
@@ -175,6 +193,7 @@ class PreferencePairs(NamedTuple):
     weights: jax.Array  # [M] probability of this (prompt, chosen, rejected); 1/M when sampled
 
 
+@partial(jax.jit, static_argnums=1)
 def sample_preference_pairs(world: ExactWorld, n_pairs_per_prompt: int, key) -> PreferencePairs:
     """y1, y2 ~ pi_ref iid per prompt; y1 wins with prob sigmoid(r(y1) - r(y2)) (Bradley-Terry).
 
@@ -201,6 +220,7 @@ def pairs_on_grid(weights: jax.Array) -> PreferencePairs:
                            weights.reshape(-1))
 
 
+@jax.jit
 def population_preference_pairs(world: ExactWorld) -> PreferencePairs:
     """Every ordered (prompt, y_w, y_l) with its probability under the sampling process:
     (1/P) * 2 pi_ref(y_w) pi_ref(y_l) sigmoid(r(y_w) - r(y_l))  (sums to 1)."""
@@ -211,6 +231,7 @@ def population_preference_pairs(world: ExactWorld) -> PreferencePairs:
     return pairs_on_grid(weights)
 
 
+@partial(jax.jit, static_argnums=(1, 2))
 def empirical_preference_pairs(pairs: PreferencePairs, n_prompts: int, n_responses: int):
     """A sampled dataset as empirical frequencies on the pair grid.
 
@@ -222,6 +243,7 @@ def empirical_preference_pairs(pairs: PreferencePairs, n_prompts: int, n_respons
     return pairs_on_grid(weights.reshape(n_prompts, n_responses, n_responses))
 
 
+@partial(jax.jit, static_argnums=4)
 def preference_loss(params, ref_params, world: ExactWorld, pairs: PreferencePairs, cfg):
     """Weighted preference loss sum_m weights_m * loss(pair m), reusing dpo.py per pair."""
     def seq_logps(p, idx):  # summed over tokens, like a language model
@@ -235,8 +257,6 @@ def preference_loss(params, ref_params, world: ExactWorld, pairs: PreferencePair
             return ipo_loss(*(x[None] for x in xs), cfg.beta)[0]
         return dpo_loss(*(x[None] for x in xs), cfg.beta, cfg.label_smoothing)[0]
 
-    if cfg.loss_type not in ("dpo", "ipo"):
-        raise ValueError(f"exact_training.py: loss_type must be 'dpo' or 'ipo', got {cfg.loss_type!r}")
     return jnp.sum(pairs.weights * jax.vmap(one_pair)(*args))
 
 
@@ -293,8 +313,6 @@ def deterministic_preference_toy(cfg: TabularDPOConfig, pairs: jax.Array, logp_r
     params = {"logits": logp_ref.reshape(1, 1, n)}  # P = 1 prompt, 1 prefix node, A = n
     ref_params = jax.tree_util.tree_map(jnp.copy, params)
     loss = ipo_loss if cfg.loss_type == "ipo" else dpo_loss
-    if cfg.loss_type not in ("dpo", "ipo"):
-        raise ValueError(f"exact_training.py: loss_type must be 'dpo' or 'ipo', got {cfg.loss_type!r}")
 
     def loss_fn(p):
         logp, logp0 = (tabular.all_sequence_logprobs(q)[0] for q in (p, ref_params))  # [n]

@@ -14,8 +14,9 @@ Ouyang et al. 2022):
   5. a generic update loop: epochs x minibatches under lax.scan (CleanRL style).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +60,8 @@ def kl_estimate(logratio: jax.Array, kind: str) -> jax.Array:
     kind: "k1" | "k2" | "k3" (Schulman 2020). Shapes pass through.
     """
     if kind not in KL_ESTIMATORS:
-        raise ValueError(f"ppo.py kl_estimate: kind must be one of {list(KL_ESTIMATORS)}, got {kind!r}")
+        raise ValueError(f"ppo.py kl_estimate: kind must be one of {list(KL_ESTIMATORS)}, "
+                         f"got {kind!r}")
     return KL_ESTIMATORS[kind](logratio)
 
 

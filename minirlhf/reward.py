@@ -56,8 +56,10 @@ REGIMES = ("head", "full")
 class RewardConfig:
     """Reward-model training (both regimes) and normalisation."""
 
-    steps: int = 120
-    """Optimizer steps per regime."""
+    steps_head: int = 100
+    """Optimizer steps of the "head" regime (cheap: no backward pass through the backbone)."""
+    steps_full: int = 40
+    """Optimizer steps of the "full" regime (~3 epochs of ~400 train pairs: more overfits)."""
     batch_size: int = 32
     """Preference pairs per step (2 * batch_size sequences per forward pass)."""
     lr_head: float = 1e-2
@@ -66,16 +68,20 @@ class RewardConfig:
     """Peak AdamW learning rate of the "full" regime (backbone + head)."""
     weight_decay: float = 0.0
     """AdamW decoupled weight decay (never applied to a frozen backbone)."""
-    eval_every: int = 20
+    eval_every: int = 10
     """Held-out loss/accuracy is measured every eval_every steps (training curves)."""
-    n_reference_per_prompt: int = 16
+    n_reference_per_prompt: int = 8
     """SFT samples per train prompt whose rewards define the normalisation (mean 0, std 1)."""
     seed: int = 0
     """Seeds the head init, the batch order and the reference samples."""
 
     @classmethod
     def smoke(cls) -> "RewardConfig":
-        return cls(steps=6, batch_size=8, eval_every=3, n_reference_per_prompt=2)
+        return cls(steps_head=6, steps_full=6, batch_size=8, eval_every=3, n_reference_per_prompt=2)
+
+    def steps(self, regime: str) -> int:
+        """Optimizer steps of `regime`."""
+        return self.steps_head if regime == "head" else self.steps_full
 
 
 # ----------------------------------------------------------------------------- model
@@ -103,7 +109,7 @@ def score(rm_params: dict, tokens, attention_mask, cfg: GPTConfig) -> jax.Array:
     return reward_forward(rm_params, tokens, attention_mask, cfg)
 
 
-def score_batched(rm_params: dict, tokens, attention_mask, cfg: GPTConfig, chunk: int = 256) -> np.ndarray:
+def score_batched(rm_params: dict, tokens, attention_mask, cfg: GPTConfig, chunk: int = 128) -> np.ndarray:
     """`score` over many rows in chunks of `chunk` rows, each padded to the full chunk with
     all-pad rows (one compiled shape for every call).  tokens, attention_mask: [N, T] -> [N]."""
     tokens, attention_mask = np.asarray(tokens), np.asarray(attention_mask)
@@ -139,8 +145,8 @@ def reward_optimizer(regime: str, rcfg: RewardConfig) -> optax.GradientTransform
     if regime not in REGIMES:
         raise ValueError(f"reward_optimizer: regime expected one of {REGIMES}, got {regime!r}")
     if regime == "full":
-        return make_optimizer(rcfg.lr_full, rcfg.steps, warmup_steps=10, weight_decay=rcfg.weight_decay)
-    head_opt = make_optimizer(rcfg.lr_head, rcfg.steps, warmup_steps=10, weight_decay=rcfg.weight_decay)
+        return make_optimizer(rcfg.lr_full, rcfg.steps_full, warmup_steps=5, weight_decay=rcfg.weight_decay)
+    head_opt = make_optimizer(rcfg.lr_head, rcfg.steps_head, warmup_steps=5, weight_decay=rcfg.weight_decay)
     return optax.multi_transform({"train": head_opt, "frozen": optax.set_to_zero()},
                                  {"backbone": "frozen", "head": "train"})
 
@@ -181,14 +187,14 @@ def train_pairs(step_fn, state, arrays: dict, steps: int, batch_size: int, rng: 
 
 def train_reward_model(rm_params: dict, data: PreferenceData, cfg: GPTConfig, rcfg: RewardConfig,
                        regime: str, eval_data: PreferenceData | None = None, quiet: bool = False):
-    """Minimise the BT loss on `data` for rcfg.steps steps in `regime` ("head" or "full")
+    """Minimise the BT loss on `data` for rcfg.steps(regime) steps in `regime` ("head" or "full")
     -> (params, history) (see train_pairs; eval on `eval_data` when given)."""
     optimizer, step_fn = make_reward_step(regime, cfg, rcfg)
     eval_fn = None if eval_data is None else (lambda p: evaluate_preferences(p, cfg, eval_data).metrics)
     state, history = train_pairs(
-        step_fn, init_train_state(rm_params, optimizer), pair_arrays(data), rcfg.steps, rcfg.batch_size,
-        np.random.default_rng([rcfg.seed, REGIMES.index(regime)]), eval_fn, rcfg.eval_every,
-        Progress(f"reward/{regime}", rcfg.steps, quiet=quiet))
+        step_fn, init_train_state(rm_params, optimizer), pair_arrays(data), rcfg.steps(regime),
+        rcfg.batch_size, np.random.default_rng([rcfg.seed, REGIMES.index(regime)]), eval_fn,
+        rcfg.eval_every, Progress(f"reward/{regime}", rcfg.steps(regime), quiet=quiet))
     return state.params, history
 
 
@@ -251,8 +257,9 @@ def evaluate_preferences(rm_params: dict, cfg: GPTConfig, data: PreferenceData) 
     expected accuracy any model can reach on these labels); gold_label_accuracy = the accuracy of r*
     itself on the labels (ties count 1/2); gold_agreement; gold_pearson (r_phi vs r* over all
     responses of the pairs)."""
-    r_w = score_batched(rm_params, data.chosen_tokens, data.chosen_attention_mask, cfg)
-    r_l = score_batched(rm_params, data.rejected_tokens, data.rejected_attention_mask, cfg)
+    r = score_batched(rm_params, np.concatenate([data.chosen_tokens, data.rejected_tokens]),
+                      np.concatenate([data.chosen_attention_mask, data.rejected_attention_mask]), cfg)
+    r_w, r_l = np.split(r, 2)                                                       # [N] each
     _, m = bradley_terry_loss(jnp.asarray(r_w), jnp.asarray(r_l))
     d_gold = data.chosen_gold - data.rejected_gold
     metrics = {k: float(v) for k, v in m.items()}

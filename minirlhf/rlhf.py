@@ -167,16 +167,24 @@ def init_ppo_params(policy_params: dict, rm_params: dict, model_cfg: GPTConfig, 
 
 
 @functools.lru_cache(maxsize=None)
-def ppo_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
-    """Adam with global-norm clipping; cached per config so that repeated runs with the same
-    config reuse one optimizer object (it is part of the jit's static state)."""
-    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr))
+def ppo_optimizer(lr: float, max_grad_norm: float) -> optax.GradientTransformation:
+    """Adam with global-norm clipping, cached: runs with the same (lr, clip) share one optimizer
+    object, which is part of the TrainState's static structure (so they share one compilation)."""
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr))
 
 
 def init_ppo_state(policy_params, rm_params, model_cfg: GPTConfig, cfg: PPOConfig, key) -> PPOState:
     params = init_ppo_params(policy_params, rm_params, model_cfg, cfg, key)
-    ts = TrainState.create(apply_fn=None, params=params, tx=ppo_optimizer(cfg))
+    ts = TrainState.create(apply_fn=None, params=params, tx=ppo_optimizer(cfg.lr, cfg.max_grad_norm))
     return PPOState(ts, ppo.kl_controller_init(cfg.kl))
+
+
+def compiled_part(cfg: PPOConfig) -> PPOConfig:
+    """cfg with the fields that only the Python loop reads (n_iterations, seed, kl.init_beta: beta
+    lives in PPOState) set to fixed values, so that runs differing only in them (lesson 05's beta
+    sweep) hit the same compiled `ppo_iteration`."""
+    return dataclasses.replace(cfg, n_iterations=1, seed=0,
+                               kl=dataclasses.replace(cfg.kl, init_beta=1.0))
 
 
 def state_values(head: dict, hidden):
@@ -330,7 +338,7 @@ def train_ppo(policy_params: dict, ref_params: dict, rm_params: dict, model_cfg:
     for i, key in enumerate(jax.random.split(k_run, cfg.n_iterations), 1):
         t0 = time.perf_counter()
         state, out = ppo_iteration(state, ref_params, rm_params, enc.tokens, enc.attention_mask, key,
-                                   cfg=cfg, model_cfg=model_cfg)
+                                   cfg=compiled_part(cfg), model_cfg=model_cfg)
         metrics = {k: float(v) for k, v in jax.device_get(out.metrics).items()}
         metrics.update(rollout_gold(tok, countries, out))
         metrics["time/iteration"] = time.perf_counter() - t0

@@ -3,7 +3,14 @@
     L_SFT(theta) = - (1/N) sum_(x, y) in D_demo  sum_{t in y} log pi_theta(y_t | x, y_<t)
 
 The loss is masked to the response tokens (the final eos included): the model is not asked to
-predict the question, only the answer to it, and learns to stop.  The resulting checkpoint is
+predict the question, only the answer to it, and learns to stop.
+
+Replay.  Fine-tuning on demonstrations for 32 countries alone teaches the answer format but
+also overwrites what the base model knew about the other countries: a tiny model asked about
+Portugal answers "The capital of Peru is Lima." (lesson 03 measures it).  Mixing pretraining
+documents into the SFT batches (their loss on every token, as in pretraining) keeps that
+knowledge; it is the same idea as InstructGPT's "PPO-ptx" pretraining-gradient mix (Ouyang et
+al. 2022, eq. 2), applied to SFT.  `SFTConfig.replay` switches it.  The resulting checkpoint is
 pi_ref of lessons 04-07 (the anchor of the KL penalty in PPO and of the log-ratios in DPO).
 """
 
@@ -11,11 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from tokenizers import Tokenizer
 
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
 from minirlhf.paths import runs_dir
-from minirlhf.pretrain import SEQ_LEN, ensure_base_model, ensure_tokenizer, train_lm
+from minirlhf.pretrain import SEQ_LEN, corpus_arrays, ensure_base_model, ensure_tokenizer, train_lm
 from minirlhf.tokenizer import encode_batch
 from minirlhf.worlds.capitals import CapitalsConfig, make_sft_demos
 
@@ -25,7 +34,12 @@ class SFTConfig:
     """Fine-tuning run on the demonstrations."""
 
     steps: int = 150
-    """Optimizer steps (about 19 epochs of the 256 demonstrations at batch 32)."""
+    """Optimizer steps (about one pass over the replay mixture at batch 32)."""
+    replay: bool = True
+    """Mix the pretraining corpus into the SFT data (see the module docstring)."""
+    demo_repeats: int = 6
+    """With replay: each demonstration appears this many times in the mixture (6 x 256 demos
+    next to 3000 corpus documents: about a third of the rows are demonstrations)."""
     batch_size: int = 32
     """Demonstrations per step."""
     lr: float = 1e-3
@@ -51,6 +65,9 @@ def sft(params, model_cfg, tok: Tokenizer, cfg: SFTConfig, world: CapitalsConfig
     """Fine-tune `params` on the capitals demonstrations -> (params, loss history)."""
     demos = make_sft_demos(world)
     arrays = demo_arrays(tok, [d.prompt for d in demos], [d.response for d in demos])
+    if cfg.replay:
+        corpus = corpus_arrays(tok, world)
+        arrays = {k: np.concatenate([np.tile(arrays[k], (cfg.demo_repeats, 1)), corpus[k]]) for k in arrays}
     return train_lm(params, arrays, model_cfg, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                     weight_decay=cfg.weight_decay, seed=cfg.seed, name="sft", quiet=quiet)
 

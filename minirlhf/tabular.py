@@ -13,18 +13,22 @@ An optional critic lives in the same pytree: params["values"] [P, n_prefixes] ho
 V(p, u) for every prefix node u (the state before the next token).
 """
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 
 from minirlhf.worlds.exact import (
+    all_responses,
     level_offsets,
     n_prefixes,
     prefix_nodes,
     sequence_logprobs_from_token_logprobs,
-    all_responses,
 )
 
 MIN_LOGIT = -30.0  # logit used for next tokens of zero probability (keeps gradients finite)
+# The public functions are jax.jit-ed: eager, each small op would compile separately; under
+# an outer jit (the training runs) they are simply inlined.
 
 
 def init_tabular(key: jax.Array, n_prompts: int, alphabet_size: int, length: int,
@@ -46,10 +50,16 @@ def init_tabular_from_logprobs(logp: jax.Array, alphabet_size: int, length: int)
     Prefixes of zero mass get uniform rows; zero-probability tokens get MIN_LOGIT.
     logp: [P, N] with N = A^K. Returns {"logits": [P, n_prefixes, A]}.
     """
-    P, N = logp.shape
+    N = logp.shape[-1]
     if N != alphabet_size**length:
         raise ValueError(f"tabular.py init_tabular_from_logprobs: logp has N={N} responses, "
                          f"expected A^K = {alphabet_size}^{length} = {alphabet_size**length}")
+    return _conditionals(logp, alphabet_size, length)
+
+
+@partial(jax.jit, static_argnums=(1, 2))
+def _conditionals(logp: jax.Array, alphabet_size: int, length: int) -> dict:
+    P = logp.shape[0]
     rows = []
     for k in range(length):  # depth of the parent prefix
         blocks = logp.reshape(P, alphabet_size ** (k + 1), -1)  # [P, A^(k+1), A^(K-k-1)]
@@ -61,6 +71,7 @@ def init_tabular_from_logprobs(logp: jax.Array, alphabet_size: int, length: int)
     return {"logits": jnp.concatenate(rows, axis=1)}  # [P, n_prefixes, A]
 
 
+@jax.jit
 def token_logprobs(params: dict, prompt_ids: jax.Array, responses: jax.Array) -> jax.Array:
     """log pi(y_k | p, y_<k) for a batch. prompt_ids [B], responses [B, K] -> [B, K]."""
     alphabet_size = params["logits"].shape[-1]
@@ -70,6 +81,7 @@ def token_logprobs(params: dict, prompt_ids: jax.Array, responses: jax.Array) ->
     return jnp.take_along_axis(logp, responses[..., None], axis=-1)[..., 0]
 
 
+@jax.jit
 def token_values(params: dict, prompt_ids: jax.Array, responses: jax.Array) -> jax.Array:
     """Critic V(p, y_<k), the value of the state before token k, from params["values"].
 
@@ -80,9 +92,10 @@ def token_values(params: dict, prompt_ids: jax.Array, responses: jax.Array) -> j
     return params["values"][prompt_ids[:, None], nodes]
 
 
+@jax.jit
 def all_sequence_logprobs(params: dict) -> jax.Array:
     """The exact distribution log pi(y | p) over all A^K responses. Returns [P, N]."""
-    P, n_nodes, A = params["logits"].shape
+    _, n_nodes, A = params["logits"].shape
     length = _length_of(n_nodes, A)
     table = jax.nn.log_softmax(params["logits"], axis=-1)
     return sequence_logprobs_from_token_logprobs(table, all_responses(A, length))
@@ -92,9 +105,11 @@ def _length_of(n_nodes: int, alphabet_size: int) -> int:
     for k in range(1, 64):
         if level_offsets(alphabet_size, k)[-1] == n_nodes:
             return k
-    raise ValueError(f"tabular.py: {n_nodes} prefixes is not 1 + A + ... + A^(K-1) for A={alphabet_size}")
+    raise ValueError(f"tabular.py: {n_nodes} prefixes is not 1 + A + ... + A^(K-1) "
+                     f"for A={alphabet_size}")
 
 
+@jax.jit
 def sample(params: dict, prompt_ids: jax.Array, key: jax.Array):
     """Ancestral sampling y_k ~ softmax(logits[p, node(y_<k)]), one key per position.
 

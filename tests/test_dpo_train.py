@@ -228,11 +228,12 @@ def test_sequence_logratios_on_left_padded_generations():
 def test_implicit_reward_is_beta_times_the_log_ratio(tok):
     cfg = GPTConfig(vocab_size=512, max_len=48, n_layer=1, n_head=2, d_model=16)
     params, ref_params = init_params(jax.random.PRNGKey(0), cfg), init_params(jax.random.PRNGKey(1), cfg)
-    prompts = ["What's the capital of France?"] * 2
-    responses = [" The capital of France is Paris.", " The capital of France is Berlin."]
-    got = implicit_rewards(params, ref_params, cfg, tok, prompts, responses, beta=0.2)
-    arrays = encode_pairs(tok, [{"prompt": prompts[0], "chosen": responses[0], "rejected": responses[1]}], 48)
-    lw, ll = (np.asarray(x)[0] for x in pair_logps(params, arrays, cfg))
-    rw, rl = (np.asarray(x)[0] for x in pair_logps(ref_params, arrays, cfg))
-    np.testing.assert_allclose(got, [0.2 * (lw - rw), 0.2 * (ll - rl)], rtol=1e-5, atol=1e-5)
-    assert np.all(implicit_rewards(params, params, cfg, tok, prompts, responses, beta=0.2) == 0.0)
+    record = {"prompt": "What's the capital of France?", "chosen": " The capital of France is Paris.",
+              "rejected": " The capital of France is Berlin."}
+    arrays = encode_pairs(tok, [record], 48)
+    chosen_rewards, rejected_rewards = implicit_rewards(params, ref_params, arrays, cfg, beta=0.2)
+    lw, ll = (np.asarray(x)[0] for x in concatenated_logps(params, arrays, cfg))
+    rw, rl = (np.asarray(x)[0] for x in concatenated_logps(ref_params, arrays, cfg))
+    np.testing.assert_allclose([chosen_rewards[0], rejected_rewards[0]], [0.2 * (lw - rw), 0.2 * (ll - rl)],
+                               rtol=1e-5, atol=1e-5)
+    assert np.all(np.stack(implicit_rewards(params, params, arrays, cfg, beta=0.2)) == 0.0)

@@ -135,7 +135,8 @@ def test_shaped_rewards_sum_to_score_minus_beta_logratio():
     logratio, scores = rng.normal(size=(B, T)), rng.normal(size=B)
     rewards = np.asarray(ppo.shape_rewards(jnp.asarray(scores), jnp.asarray(logratio),
                                            jnp.asarray(mask), beta, "k1"))
-    np.testing.assert_allclose(rewards.sum(-1), scores - beta * (logratio * mask).sum(-1), rtol=1e-5)
+    np.testing.assert_allclose(rewards.sum(-1), scores - beta * (logratio * mask).sum(-1),
+                               rtol=1e-5)
     assert np.all(rewards[mask == 0] == 0.0)
     last = np.array([np.nonzero(m)[0].max() for m in mask])
     np.testing.assert_allclose(rewards[np.arange(B), last],
@@ -195,7 +196,10 @@ def test_appending_padding_changes_no_loss():
     B, T = 3, 5
     arrays = [rng.normal(size=(B, T)) for _ in range(5)]  # new, old logps, adv, values, returns
     mask = _random_masks(rng, B, T)
-    pad = lambda a, value: np.concatenate([a, np.full((B, 3), value)], axis=1)  # noqa: E731
+
+    def pad(a, value):
+        return np.concatenate([a, np.full((B, 3), value)], axis=1)
+
     garbage = [pad(a, v) for a, v in zip(arrays, [-np.inf, 7.0, 1e6, np.nan, -3.0])]
     mask_p = pad(mask, 0.0)
     for args, m in [(arrays, mask), (garbage, mask_p)]:

@@ -64,7 +64,7 @@ def test_frozen_backbone_gets_exactly_zero_gradient_and_never_moves():
 
     # through the actual training step, with weight decay on (which would shrink an unmasked
     # backbone even at zero gradient): the backbone stays bit-for-bit, the head moves
-    rcfg = RewardConfig(steps=3, weight_decay=0.1)
+    rcfg = RewardConfig(steps_head=3, steps_full=3, weight_decay=0.1)
     optimizer, step_fn = make_reward_step("head", TINY, rcfg)
     state = init_train_state(params, optimizer)
     for _ in range(3):
@@ -133,10 +133,10 @@ def test_bradley_terry_training_recovers_a_known_linear_reward():
     w_idx, l_idx, _ = rated_pairs(8000)
     arrays = {"chosen_f": feats[w_idx].astype(np.float32), "rejected_f": feats[l_idx].astype(np.float32)}
     params = {"backbone": {}, "head": {"w": jnp.zeros(D), "b": jnp.zeros(())}}
-    rcfg = RewardConfig(steps=400, batch_size=128, lr_head=0.05)
+    rcfg = RewardConfig(steps_head=400, batch_size=128, lr_head=0.05)
     optimizer = make_reward_step("head", TINY, rcfg)[0]
     step_fn = make_train_step(linear_pair_loss, optimizer)
-    state, history = train_pairs(step_fn, init_train_state(params, optimizer), arrays, rcfg.steps,
+    state, history = train_pairs(step_fn, init_train_state(params, optimizer), arrays, rcfg.steps_head,
                                  rcfg.batch_size, np.random.default_rng(3))
     w = np.asarray(state.params["head"]["w"], np.float64)
     cosine = w @ w_star / (np.linalg.norm(w) * np.linalg.norm(w_star))

@@ -1,0 +1,223 @@
+# %% [markdown]
+# # Lesson 05: RLHF with PPO
+#
+# Lesson 03 gave us pi_ref (the SFT model), lesson 04 a reward model r_phi trained on the
+# rater's comparisons.  Now a second copy of pi_ref, the policy pi_theta, learns to please
+# r_phi while a KL penalty keeps it near pi_ref (Ziegler et al. 2019; Stiennon et al. 2020;
+# Ouyang et al. 2022, eq. 2 without the pretraining term):
+#
+#     max_theta  E_{x ~ D, y ~ pi_theta(.|x)} [ r_phi(x, y) ]  -  beta KL(pi_theta(.|x) || pi_ref(.|x))
+#
+# Why the KL term?  r_phi is only trustworthy near the data it was fitted on (samples of
+# pi_ref).  Far from pi_ref, a policy can find responses that r_phi scores high and the
+# rater would not: *reward hacking*.  beta sets how far we dare to go.
+#
+# The gold reward r* of the capitals world is never shown to the policy: we decode its
+# samples outside the training step and score them with r* to watch what really happens.
+
+# %%
+import time
+
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+
+from minirlhf import paths, ppo, rlhf
+from minirlhf.evaluation import format_table, sample_answers
+from minirlhf.pretrain import ensure_tokenizer
+from minirlhf.reward import ensure_reward_model
+from minirlhf.sft import ensure_sft_model
+from minirlhf.tokenizer import encode_prompts
+from minirlhf.worlds import capitals as cw
+
+t_start = time.time()
+args = paths.lesson_args()
+RUNS, FIGURES = paths.runs_dir(args.smoke), paths.figures_dir(args.smoke)
+cfg = rlhf.PPOConfig.smoke() if args.smoke else rlhf.PPOConfig()
+cfg = rlhf.PPOConfig(**{**cfg.__dict__, "seed": args.seed})
+tok = ensure_tokenizer(args.smoke)
+ref_params, model_cfg = ensure_sft_model(args.smoke)     # pi_ref (lesson 03), built if missing
+rm_params, _ = ensure_reward_model(args.smoke)           # r_phi (lesson 04), built if missing
+splits = {name: cw.split_prompts(name) for name in cw.SPLITS}
+N_EVAL = 1 if args.smoke else 8
+print(f"PPO config: {cfg}")
+
+# %% [markdown]
+# ## 1. A rollout, and the two policies' log-probs
+#
+# For each prompt x, pi_theta samples a response y (KV-cache sampler, `sampling.generate`).
+# Then one forward pass of each model over the whole sequence gives, per response token t,
+#
+#     log pi_old(y_t | x, y_<t)    pi_theta before this iteration's update ("old" policy)
+#     log pi_ref(y_t | x, y_<t)    the frozen reference (stop_gradient: never differentiated)
+#     V(s_t)                       the value head: expected return from the state before y_t
+#     r_phi(x, y)                  the reward model, read at the last token
+#
+# The recomputed log pi_old must equal the log-probs the sampler drew the tokens with
+# (a mismatch, e.g. from a different temperature or position ids, silently biases PPO).
+# At iteration 0 pi_theta = pi_ref, so the per-token log-ratio is exactly 0.
+
+# %%
+enc = encode_prompts(tok, splits["train"], max_len=cfg.prompt_len)
+state0 = rlhf.init_ppo_state(ref_params, rm_params, model_cfg, cfg, jax.random.PRNGKey(args.seed))
+_, out0 = rlhf.ppo_iteration(state0, ref_params, rm_params, enc.tokens, enc.attention_mask,
+                             jax.random.PRNGKey(1), cfg=rlhf.compiled_part(cfg), model_cfg=model_cfg)
+print(f"max |log pi_old (forward pass) - log pi (sampler)| = {float(out0.metrics['rollout/logprob_mismatch']):.2e}")
+print(f"KL(pi_theta || pi_ref) at iteration 0: {float(out0.metrics['objective/kl']):.2e} nats")
+print(f"mean r_phi of these {cfg.batch_size} samples: {float(out0.metrics['objective/scores']):+.3f}")
+
+# %% [markdown]
+# ## 2. Reward shaping: the KL penalty per token
+#
+# The KL term is spread over the tokens; the reward model's score arrives on the last one
+# (Ziegler et al. 2019 eq. 2; `ppo.shape_rewards`):
+#
+#     R_t = - beta * k1_t                  k1_t = log pi_old(y_t | .) - log pi_ref(y_t | .)
+#     R_T = - beta * k1_T + r_phi(x, y)    (T = last response token)
+#
+# With gamma = 1 the return of the first token is r_phi(x, y) - beta log(pi/pi_ref)(y), whose
+# expectation is exactly the objective above.  k1 is unbiased but can be negative per token;
+# `PPOConfig.kl_kind` switches to k2 or k3 (Schulman 2020), non-negative per token.
+#
+# **beta: fixed or adaptive.**  By default beta is fixed.  Ziegler et al.'s controller instead
+# steers the measured KL towards a target:
+#
+#     e_t = clip(KL_t / KL_target - 1, -0.2, 0.2),   beta_{t+1} = beta_t (1 + K_beta e_t B / horizon)
+#
+# (`PPOConfig.kl = ppo.KLControllerConfig(adaptive=True, target=..., horizon=...)`).
+
+# %%
+mask0 = np.asarray(out0.response_mask[:1], np.float32)                 # one rollout's response
+rewards = ppo.shape_rewards(np.ones(1, np.float32), np.full_like(mask0, 0.1), mask0, 0.05)
+row = np.asarray(rewards[0])[mask0[0] > 0]
+print("shaped rewards of one response if every log-ratio were 0.1, beta = 0.05, r_phi = 1:")
+print(np.round(row, 3))
+
+# %% [markdown]
+# ## 3. Advantages, the clipped surrogate and the value loss
+#
+# GAE (Schulman et al. 2016, eqs. 11-16) over the response tokens:
+#
+#     delta_t = R_t + gamma V(s_{t+1}) - V(s_t),     A_t = delta_t + gamma lambda A_{t+1},
+#     returns_t = A_t + V(s_t)
+#
+# (advantages whitened over the batch when `whiten_advantages`).  Then n_epochs passes over
+# the batch in n_minibatches, minimising (Schulman et al. 2017 eqs. 7 and 9)
+#
+#     rho_t = pi_theta(y_t | .) / pi_old(y_t | .)
+#     L = mean_t max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps))
+#         + vf_coef * 0.5 mean_t max((V - ret)^2, (V_clip - ret)^2)  -  ent_coef * H(pi_theta)
+#
+# The value head sits on the policy's own backbone ("shared", the default): one forward and
+# backward pass per minibatch.  InstructGPT uses a separate value transformer initialised
+# from the reward model (`value_model="separate"`): twice the compute per step, and in our
+# tests on this world it did not learn faster per second, so we keep the shared head with a
+# small vf_coef (see the report numbers below and benchmarks/bench_ppo.py).
+#
+# **The whole iteration** (rollout -> scoring -> shaping -> GAE -> epochs x minibatches of
+# updates under `lax.scan` -> KL controller) is one jitted function, `rlhf.ppo_iteration`,
+# called once per iteration from the Python loop below.
+
+# %%
+state, history = rlhf.train_ppo(ref_params, ref_params, rm_params, model_cfg, tok, cfg)
+policy = state.train_state.params["policy"]
+rlhf.save_ppo_policy(args.smoke, policy, model_cfg, {"final_kl": float(history["objective/kl"][-1])})
+print(f"saved {RUNS / 'ppo.ckpt'}; {np.sum(history['time/iteration']):.0f} s for "
+      f"{cfg.n_iterations} iterations (first one includes compilation)")
+
+# %%
+its = np.arange(1, cfg.n_iterations + 1)
+fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
+panels = [("objective/scores", "learned reward r_phi (normalised units)"),
+          ("gold/reward", "gold reward r* (world units)"),
+          ("objective/kl", "KL(pi_theta || pi_ref) (nats / response)"),
+          ("policy/clipfrac", "clip fraction (share of tokens)")]
+for ax, (name, label) in zip(axes.ravel(), panels):
+    ax.plot(its, history[name], marker=".")
+    ax.set(ylabel=label)
+    ax.grid(alpha=0.3)
+for ax in axes[1]:
+    ax.set(xlabel="PPO iteration")
+fig.suptitle(f"PPO on the capitals world (beta = {cfg.kl.init_beta}, rollout samples)")
+fig.tight_layout()
+fig.savefig(FIGURES / "05_ppo_curves.png", dpi=120)
+print(f"{'iteration':>10}" + "".join(f"{n:>20}" for n, _ in panels) + f"{'gold/accuracy':>16}")
+for i in sorted(set([0, len(its) // 4, len(its) // 2, 3 * len(its) // 4, len(its) - 1])):
+    print(f"{i + 1:>10}" + "".join(f"{history[n][i]:>20.3f}" for n, _ in panels)
+          + f"{history['gold/accuracy'][i]:>16.3f}")
+
+# %% [markdown]
+# ## 4. Before and after
+#
+# Samples at temperature 1 (what PPO optimised), for the lesson's running question and for
+# held-out countries the SFT demos never covered.
+
+# %%
+key_show = jax.random.PRNGKey(args.seed + 7)
+show = ["What's the capital of France?"] + list(splits["heldout"][:3])
+for name, params in (("SFT (pi_ref)", ref_params), ("PPO", policy)):
+    samples = sample_answers(params, model_cfg, tok, show, key_show, n=1 if args.smoke else 2)
+    print(f"--- {name}")
+    for p, y, r in zip(samples.prompts, samples.texts, samples.gold_reward):
+        print(f"  {p!r:<40} -> {y!r}  r*={r:+.2f}")
+
+# %% [markdown]
+# ## 5. Gold accuracy: SFT vs PPO, with the KL each spent
+#
+# N_EVAL samples per prompt per split.  KL is the Monte-Carlo estimate
+# E_y~pi [log pi(y|x) - log pi_ref(y|x)] in nats per response (0 for pi_ref itself).
+
+# %%
+key_eval = jax.random.PRNGKey(args.seed + 11)
+results = {}
+for name, params in (("SFT", ref_params), ("PPO", policy)):
+    ev = rlhf.evaluate_policy(params, ref_params, model_cfg, tok, splits, key_eval, N_EVAL)
+    results.update({f"{name} {split}": m for split, m in ev.items()})
+print(format_table(results, ("gold/accuracy", "gold/reward", "gold/eos_rate", "kl")))
+gain = results["PPO heldout"]["gold/accuracy"] - results["SFT heldout"]["gold/accuracy"]
+print(f"held-out gold accuracy: SFT {results['SFT heldout']['gold/accuracy']:.3f} -> "
+      f"PPO {results['PPO heldout']['gold/accuracy']:.3f} ({gain:+.3f}) at KL "
+      f"{results['PPO heldout']['kl']:.2f} nats")
+
+# %% [markdown]
+# ## 6. The role of beta
+#
+# Same run, three values of beta.  Too small: nothing holds the policy near pi_ref, the KL
+# grows fast, and the policy is free to exploit the reward model's mistakes (if it finds
+# some, the learned reward keeps rising while the gold reward stalls or falls: reward
+# hacking, Gao et al. 2023).  Too large: the penalty dominates and the policy barely moves.
+# The runs share one compilation (beta is part of the state, not of the compiled code).
+
+# %%
+SWEEP = (0.0 if args.smoke else 0.002, cfg.kl.init_beta, 1.0)
+sweep = {cfg.kl.init_beta: history}
+for beta in SWEEP:
+    if beta not in sweep:
+        sweep_cfg = rlhf.PPOConfig(**{**cfg.__dict__, "kl": ppo.KLControllerConfig(init_beta=beta)})
+        sweep[beta] = rlhf.train_ppo(ref_params, ref_params, rm_params, model_cfg, tok, sweep_cfg,
+                                     quiet=True)[1]
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+for beta in SWEEP:
+    h = sweep[beta]
+    for ax, name in zip(axes, ("objective/scores", "gold/reward", "objective/kl")):
+        ax.plot(its, h[name], label=f"beta = {beta}")
+for ax, label in zip(axes, ("learned reward r_phi (normalised units)", "gold reward r* (world units)",
+                            "KL(pi_theta || pi_ref) (nats / response)")):
+    ax.set(xlabel="PPO iteration", ylabel=label)
+    ax.grid(alpha=0.3)
+axes[0].legend()
+fig.suptitle("beta sweep (rollout samples of each iteration)")
+fig.tight_layout()
+fig.savefig(FIGURES / "05_beta_sweep.png", dpi=120)
+tail = slice(-max(len(its) // 5, 1), None)                   # mean of the last 20% of iterations
+print(f"{'beta':>8}{'r_phi':>10}{'gold r*':>10}{'gold acc':>10}{'KL':>10}   (last 20% of iterations)")
+for beta in SWEEP:
+    h = sweep[beta]
+    print(f"{beta:>8}{h['objective/scores'][tail].mean():>10.3f}{h['gold/reward'][tail].mean():>10.3f}"
+          f"{h['gold/accuracy'][tail].mean():>10.3f}{h['objective/kl'][tail].mean():>10.2f}")
+small = sweep[SWEEP[0]]
+peak = int(np.argmax(small["gold/reward"]))
+print(f"beta = {SWEEP[0]}: gold reward peaked at iteration {peak + 1} ({small['gold/reward'][peak]:.3f}) "
+      f"and ended at {small['gold/reward'][tail].mean():.3f} while r_phi went "
+      f"{small['objective/scores'][peak]:.3f} -> {small['objective/scores'][tail].mean():.3f}")
+print(f"lesson 05 ran in {time.time() - t_start:.0f} s")

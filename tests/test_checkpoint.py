@@ -1,0 +1,141 @@
+"""Checkpoints: exact round trip of params + config + meta, atomic replacement (a crash
+before or during the final rename leaves the old checkpoint loadable), and a clear
+ValueError naming the file for every kind of bad file."""
+
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import serialization
+
+from minirlhf import checkpoint, model
+from minirlhf.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from minirlhf.model import GPTConfig
+
+CFG = GPTConfig(vocab_size=40, max_len=16, n_layer=2, n_head=2, d_model=32, attention="fused")
+
+
+def make_tree(seed: int) -> dict:
+    """A policy backbone plus a scalar head (0-d bias) and an int leaf: every leaf kind we store."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(lambda key: model.init_params(key, CFG), jax.random.PRNGKey(0))
+    backbone = jax.tree_util.tree_map(lambda s: jnp.asarray(rng.standard_normal(s.shape), s.dtype), shapes)
+    head = {"w": jnp.asarray(rng.standard_normal(CFG.d_model), jnp.float32), "b": jnp.float32(seed)}
+    return {"backbone": backbone, "head": head, "step": jnp.asarray(seed, jnp.int32)}
+
+
+def assert_trees_equal(a, b):
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(x, y)
+
+
+def test_round_trip_params_config_meta(tmp_path):
+    params = make_tree(0)
+    meta = {"step": 120, "lesson": "02_sft", "losses": [2.5, 1.25], "nested": {"beta": 0.1}}
+    path = save_checkpoint(tmp_path / "a" / "b" / "ckpt.msgpack", params, CFG, meta)
+    loaded, cfg, meta2 = load_checkpoint(path)
+    assert cfg == CFG and meta2 == meta
+    assert_trees_equal(loaded, params)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ckpt.msgpack"]   # no .tmp left
+    _, _, empty = load_checkpoint(save_checkpoint(tmp_path / "c.msgpack", params, CFG))
+    assert empty == {}
+
+
+def test_leftover_tmp_file_does_not_break_loading_or_saving(tmp_path):
+    path = tmp_path / "ckpt.msgpack"
+    tmp = tmp_path / "ckpt.msgpack.tmp"
+    tmp.write_bytes(b"half a checkpoint from a killed run")             # before the first save
+    save_checkpoint(path, make_tree(1), CFG, {"v": 1})
+    tmp.write_bytes(b"\x85\xa6format")                                   # a later save was killed
+    loaded, _, meta = load_checkpoint(path)
+    assert meta == {"v": 1}
+    assert_trees_equal(loaded, make_tree(1))
+
+
+def test_final_file_appears_only_complete(tmp_path, monkeypatch):
+    """At the moment of the rename the final name does not exist yet (first save) and the temp
+    file is already a complete, loadable checkpoint."""
+    path = tmp_path / "ckpt.msgpack"
+    seen = []
+    real_replace = os.replace
+
+    def checking_replace(src, dst):
+        assert not path.exists()
+        seen.append(load_checkpoint(src)[2])
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", checking_replace)
+    save_checkpoint(path, make_tree(2), CFG, {"v": 2})
+    assert seen == [{"v": 2}] and load_checkpoint(path)[2] == {"v": 2}
+
+
+def test_crash_before_rename_keeps_old_checkpoint(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "ckpt.msgpack", make_tree(3), CFG, {"v": "old"})
+
+    def crash(src, dst):
+        raise OSError("killed before rename")
+
+    monkeypatch.setattr(checkpoint.os, "replace", crash)
+    with pytest.raises(OSError, match="killed"):
+        save_checkpoint(path, make_tree(4), CFG, {"v": "new"})
+    loaded, cfg, meta = load_checkpoint(path)
+    assert meta == {"v": "old"} and cfg == CFG
+    assert_trees_equal(loaded, make_tree(3))
+
+
+@pytest.mark.parametrize("corrupt", ["empty", "garbage", "truncated", "bad_byte"])
+def test_garbage_or_truncated_file_raises_value_error_naming_path(tmp_path, corrupt):
+    good = save_checkpoint(tmp_path / "good.msgpack", make_tree(5), CFG).read_bytes()
+    data = {"empty": b"", "garbage": b"this is not msgpack at all", "truncated": good[: len(good) // 2],
+            "bad_byte": b"\xc1" + good[1:]}[corrupt]
+    path = tmp_path / "bad.msgpack"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        load_checkpoint(path)
+
+
+def _rewrite(path, **changes):
+    doc = serialization.msgpack_restore(path.read_bytes())
+    doc.update(changes)
+    for k in [k for k, v in changes.items() if v is None]:
+        del doc[k]
+    path.write_bytes(serialization.msgpack_serialize(doc))
+
+
+def test_wrong_format_field_raises_value_error(tmp_path):
+    path = save_checkpoint(tmp_path / "ckpt.msgpack", make_tree(6), CFG)
+    _rewrite(path, format="minirlhf-checkpoint-v0")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}.*'format'.*{FORMAT}.*v0"):
+        load_checkpoint(path)
+    path.write_bytes(serialization.msgpack_serialize([1, 2, 3]))        # valid msgpack, not a dict
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}.*'format'"):
+        load_checkpoint(path)
+    _rewrite(save_checkpoint(path, make_tree(6), CFG), format=None)    # no format field at all
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}.*'format'"):
+        load_checkpoint(path)
+
+
+def test_unknown_config_field_raises_value_error(tmp_path):
+    path = save_checkpoint(tmp_path / "ckpt.msgpack", make_tree(7), CFG)
+    doc = serialization.msgpack_restore(path.read_bytes())
+    _rewrite(path, config={**doc["config"], "n_experts": 8})
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}.*n_experts"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("field", ["config", "params", "meta"])
+def test_missing_field_raises_value_error_naming_it(tmp_path, field):
+    path = save_checkpoint(tmp_path / "ckpt.msgpack", make_tree(8), CFG)
+    _rewrite(path, **{field: None})
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}.*{field}"):
+        load_checkpoint(path)
+
+
+def test_missing_file_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.msgpack"):
+        load_checkpoint(tmp_path / "nope.msgpack")
