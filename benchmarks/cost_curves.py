@@ -7,6 +7,8 @@ What is measured, per point: one jitted LM training step (`pretrain.lm_loss` + A
 `training.make_train_step`, explicit attention, fp32), compiled once via `.lower().compile()`.
   * time: median wall time of `n_timed` steps after one warm-up step (blocked on the result).
     Medians, because the machine is shared and a single step can be stalled by a neighbour.
+    Also the median process CPU time (all threads): on a crowded machine it is steadier than
+    wall time, since waiting for a core does not count; it measures work, not latency.
   * memory: the compiled executable's `memory_analysis()`: argument + output + temp bytes
     (minus aliased bytes).  XLA plans the buffers at compile time, so on CPU this is exact
     and deterministic, unlike sampling the process RSS.
@@ -35,9 +37,9 @@ from minirlhf.model import GPTConfig, init_params
 from minirlhf.pretrain import lm_loss
 from minirlhf.training import init_train_state, make_optimizer, make_train_step
 
-BASE = dict(L=4, d=128, H=4, V=512, T=64, B=32)          # the lessons' model and batch
+BASE = {"L": 4, "d": 128, "H": 4, "V": 512, "T": 64, "B": 32}   # the lessons' model and batch
 SWEEPS = {"T": [32, 64, 128, 256], "B": [8, 16, 32, 64], "d": [64, 128, 256], "L": [1, 2, 4, 8]}
-SMOKE_BASE = dict(L=1, d=32, H=2, V=64, T=16, B=8)
+SMOKE_BASE = {"L": 1, "d": 32, "H": 2, "V": 64, "T": 16, "B": 8}
 SMOKE_SWEEPS = {"T": [8, 16, 32], "B": [4, 8, 16], "d": [16, 32, 64], "L": [1, 2]}
 UNITS = {"T": "tokens per sequence", "B": "sequences per batch", "d": "d_model", "L": "layers"}
 
@@ -64,13 +66,15 @@ def measure(point: dict, n_timed: int, seed: int = 0) -> dict:
     peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
             - mem.alias_size_in_bytes)
     jax.block_until_ready(compiled(state, batch))                          # warm-up
-    times = []
+    times, cpu_times = [], []
     for _ in range(n_timed):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         jax.block_until_ready(compiled(state, batch))
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     flops = flops_per_step(**point)
-    return {**point, "time_s": float(np.median(times)), "times_s": times, "peak_bytes": int(peak),
+    return {**point, "time_s": float(np.median(times)), "times_s": times,
+            "cpu_s": float(np.median(cpu_times)), "peak_bytes": int(peak),
             "temp_bytes": int(mem.temp_size_in_bytes), "flops": sum(flops.values()),
             "attention_flops": flops["attention"]}
 
@@ -87,7 +91,8 @@ def run_sweeps(base: dict, sweeps: dict, n_timed: int, quiet: bool = False) -> d
                 cache[key] = measure(point, n_timed)
                 if not quiet:
                     r = cache[key]
-                    print(f"  {name}={v:<4} time {1e3 * r['time_s']:8.1f} ms   peak {r['peak_bytes'] / 2**20:7.1f} MiB"
+                    print(f"  {name}={v:<4} time {1e3 * r['time_s']:8.1f} ms   cpu {1e3 * r['cpu_s']:8.1f} ms"
+                          f"   peak {r['peak_bytes'] / 2**20:7.1f} MiB"
                           f"   {r['flops'] / r['time_s'] / 1e9:6.1f} GFLOP/s", flush=True)
             out[name].append(cache[key])
     return out
@@ -118,31 +123,41 @@ def summarize(results: dict, base: dict) -> dict:
     for name, rows in results.items():
         x = [r[name] for r in rows]
         summary["slopes"][name] = {"time": loglog_slope(x, [r["time_s"] for r in rows]),
+                                   "cpu": loglog_slope(x, [r["cpu_s"] for r in rows]),
                                    "memory": loglog_slope(x, [r["peak_bytes"] for r in rows]),
                                    "flops": loglog_slope(x, [r["flops"] for r in rows])}
-    a, b = fit_linear_plus_quadratic([r["T"] for r in results["T"]], [r["time_s"] for r in results["T"]])
-    summary["fit_T"] = {"a": a, "b": b, "share": {}}
+    Ts = [r["T"] for r in results["T"]]
+    a, b = fit_linear_plus_quadratic(Ts, [r["time_s"] for r in results["T"]])
+    a_cpu, b_cpu = fit_linear_plus_quadratic(Ts, [r["cpu_s"] for r in results["T"]])
+    summary["fit_T"] = {"a": a, "b": b, "a_cpu": a_cpu, "b_cpu": b_cpu, "share": {}}
     for T in (base["T"], 4 * base["T"]):
         fl = flops_per_step(**{**base, "T": T})
-        summary["fit_T"]["share"][T] = {"measured": b * T * T / (a * T + b * T * T),
-                                        "flop_model": fl["attention"] / (fl["dense"] + fl["attention"])}
+        summary["fit_T"]["share"][str(T)] = {
+            "measured": b * T * T / (a * T + b * T * T),
+            "measured_cpu": b_cpu * T * T / (a_cpu * T + b_cpu * T * T),
+            "flop_model": fl["attention"] / (fl["dense"] + fl["attention"])}
     return summary
 
 
 def print_report(results: dict, summary: dict) -> None:
-    print(f"\n{'sweep':>5} {'value':>6} {'time ms':>9} {'peak MiB':>9} {'GFLOP':>7} {'GFLOP/s':>8}")
+    print(f"\n{'sweep':>5} {'value':>6} {'time ms':>9} {'cpu ms':>9} {'peak MiB':>9} {'GFLOP':>7} {'GFLOP/s':>8}")
     for name, rows in results.items():
         for r in rows:
-            print(f"{name:>5} {r[name]:>6} {1e3 * r['time_s']:9.1f} {r['peak_bytes'] / 2**20:9.1f} "
+            print(f"{name:>5} {r[name]:>6} {1e3 * r['time_s']:9.1f} {1e3 * r['cpu_s']:9.1f} "
+                  f"{r['peak_bytes'] / 2**20:9.1f} "
                   f"{r['flops'] / 1e9:7.2f} {r['flops'] / r['time_s'] / 1e9:8.1f}")
     print("\nlog-log slopes (time ~ x^s; 1 = linear, 2 = quadratic):")
     for name, s in summary["slopes"].items():
-        print(f"  {name}: time {s['time']:.2f}   memory {s['memory']:.2f}   model FLOPs {s['flops']:.2f}")
+        print(f"  {name}: wall time {s['time']:.2f}   cpu time {s['cpu']:.2f}   memory {s['memory']:.2f}"
+              f"   model FLOPs {s['flops']:.2f}")
     fit = summary["fit_T"]
-    print(f"\ntime(T) = a T + b T^2:  a = {fit['a']:.3g} s/token-column, b = {fit['b']:.3g} s/column^2")
+    print(f"\ntime(T) = a T + b T^2 (a, b >= 0):  wall a = {fit['a']:.3g} s, b = {fit['b']:.3g} s;"
+          f"  cpu a = {fit['a_cpu']:.3g} s, b = {fit['b_cpu']:.3g} s")
     for T, sh in fit["share"].items():
-        print(f"  T^2 share at T={T}: measured {sh['measured']:.1%}   FLOP model {sh['flop_model']:.1%}")
-    print("(timings are medians on a shared CPU: expect +-20% noise; memory is exact)")
+        print(f"  T^2 share at T={T}: measured {sh['measured']:.1%} (wall), {sh['measured_cpu']:.1%} (cpu)"
+              f"   FLOP model {sh['flop_model']:.1%}")
+    print("(wall times: medians on a shared CPU, inflated by waiting for a core when the machine is\n"
+          " crowded; CPU times count only this process's work and are steadier; memory is exact)")
 
 
 def plot(results: dict, summary: dict, path) -> None:
@@ -150,14 +165,15 @@ def plot(results: dict, summary: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(results), figsize=(4 * len(results), 6.5))
+    fig, axes = plt.subplots(2, len(results), figsize=(4 * len(results) + 1, 6.5), squeeze=False)
     for j, (name, rows) in enumerate(results.items()):
         x = np.array([r[name] for r in rows])
         s = summary["slopes"][name]
-        axes[0, j].loglog(x, [1e3 * r["time_s"] for r in rows], "o-", label=f"slope {s['time']:.2f}")
+        axes[0, j].loglog(x, [1e3 * r["time_s"] for r in rows], "o-", label=f"wall, slope {s['time']:.2f}")
+        axes[0, j].loglog(x, [1e3 * r["cpu_s"] for r in rows], "x--", label=f"CPU, slope {s['cpu']:.2f}")
         axes[1, j].loglog(x, [r["peak_bytes"] / 2**20 for r in rows], "s-", color="C1",
                           label=f"slope {s['memory']:.2f}")
-        axes[0, j].set_ylabel("step time (ms, median)")
+        axes[0, j].set_ylabel("step time (ms, median of steps)")
         axes[1, j].set_ylabel("peak memory (MiB, XLA plan)")
         for ax in axes[:, j]:
             ax.set_xlabel(f"{name} ({UNITS[name]})")

@@ -18,6 +18,7 @@
 import argparse
 import dataclasses
 import time
+from collections import Counter
 
 import jax
 import matplotlib.pyplot as plt
@@ -29,7 +30,7 @@ from minirlhf.data import read_preferences
 from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
 from minirlhf.reward_data import encode_responses, ensure_preferences, load_preference_data
 from minirlhf.sft import ensure_sft_model
-from minirlhf.worlds.capitals import CapitalsConfig
+from minirlhf.worlds.capitals import CAPITAL, FACTS, SPLITS, CapitalsConfig, capitals_named, parse_country
 
 t_start = time.time()
 args = paths.lesson_args()
@@ -147,28 +148,40 @@ best = max(rm.REGIMES, key=lambda g: evals[g]["heldout"].metrics["gold_agreement
 print(f"\nkept for lesson 05: the '{best}' regime (higher held-out gold agreement)")
 
 # %% [markdown]
+# What the default run (seed 0) prints, in words: on the train pairs full fine-tuning reaches
+# accuracy 0.89 against a Bayes rate of 0.91 and ranks the right canonical answer above the
+# neighbour's on 31 of 32 train countries; the linear probe (head only) reaches 0.78.  On
+# held-out pairs both are at chance on the rater's labels (0.48-0.51 against a Bayes rate of
+# 0.68) and still agree with the gold ranking on only 0.59-0.64 of the pairs; on OOD pairs gold
+# agreement is higher (0.73-0.80), because the SFT model's OOD answers mostly differ in form
+# (fillers, no capital), which the RM did learn.  **The saved regime is "full"**, which has the
+# higher held-out gold agreement (0.64 vs 0.59).  Section 6 explains the held-out failure.
+
+# %% [markdown]
 # ## 4. Calibration
 #
 # A BT model does more than rank: sigmoid(r_phi(y_w) - r_phi(y_l)) is its predicted
 # probability that the rater prefers y_w.  Binning pairs by that prediction, the rate at which
 # the rater actually chose it should match (each pair is counted in both orders, so the plot
 # is symmetric about 1/2).  We also plot the rater's true probability p in each bin, which the
-# empirical rate estimates with binomial noise.  Calibration is checked on the raw model:
-# normalisation (section 6) rescales r_phi, after which sigmoid(dr) is no longer the fitted
-# probability.
+# empirical rate estimates with binomial noise.  Left: the training pairs (in distribution, and
+# the pairs it was fitted on, so optimistic); right: held-out pairs.  Calibration is checked on
+# the raw model: normalisation (section 5) rescales r_phi, after which sigmoid(dr) is no longer
+# the fitted probability.
 
 # %%
-fig, ax = plt.subplots(figsize=(5, 5))
-ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")
-for g in rm.REGIMES:
-    ev = evals[g]["heldout"]
-    cal = rm.calibration_bins(ev.chosen_rewards, ev.rejected_rewards, data["heldout"].p_chosen, n_bins=10)
-    line, = ax.plot(cal["predicted"], cal["empirical"], "o-", label=f"{g}: rater's labels")
-    ax.plot(cal["predicted"], cal["rater_p"], "x--", color=line.get_color(), label=f"{g}: rater's true p")
-ax.set(xlabel="predicted P(rater prefers y) = sigmoid(r_phi(y) - r_phi(y'))",
-       ylabel="empirical rate the rater preferred y", title="calibration on held-out pairs",
-       xlim=(0, 1), ylim=(0, 1))
-ax.legend(fontsize=8)
+fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+for ax, split in zip(axes, ("train", "heldout")):
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")
+    for g in rm.REGIMES:
+        ev = evals[g][split]
+        cal = rm.calibration_bins(ev.chosen_rewards, ev.rejected_rewards, data[split].p_chosen, n_bins=10)
+        line, = ax.plot(cal["predicted"], cal["empirical"], "o-", label=f"{g}: rater's labels")
+        ax.plot(cal["predicted"], cal["rater_p"], "x--", color=line.get_color(), label=f"{g}: rater's true p")
+    ax.set(xlabel="predicted P(rater prefers y) = sigmoid(r_phi(y) - r_phi(y'))",
+           ylabel="empirical rate at which the rater preferred y", title=f"calibration on {split} pairs",
+           xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(FIGURES / "04_calibration.png", dpi=120)
 plt.close(fig)
@@ -205,20 +218,30 @@ print(f"Paris ranked above Berlin: {bool(r_fr[0] > r_fr[1])}")
 # ## 6. Where the learned reward is wrong
 #
 # The reward model only saw SFT answers to train prompts.  On held-out countries and on the
-# OOD template it is extrapolating: the scatter shows r_phi against r* for every response in
-# the evaluation pairs, and below are the responses the RM likes most *relative to their gold
-# reward*.  PPO will push the policy towards exactly such responses: this is where reward
-# hacking (lesson 05) starts.
+# OOD template it is extrapolating.  The scatter shows r' against r* for every response in the
+# evaluation pairs (train pairs for reference).
+#
+# Bradley-Terry only learns features that *differ within a pair*.  Both answers in a train pair
+# respond to the same question and nearly always name the right country, so "does the answer
+# fit the question?" is never what separates them; which capital word appears, the form, the
+# length and the eos do.  The table below shows the consequence on held-out countries: the
+# canonical answer with the neighbour's capital (Madrid for Portugal) wins, because Madrid was
+# a *right* answer in training (to Spain), while Lisbon was mostly a *wrong* one (Spain's
+# neighbour).  And the SFT model's typical held-out answer, a fluent answer about a different
+# train country ("The capital of Poland is Warsaw." to Portugal), is scored like a correct one
+# (see the list of high-proxy, low-gold answers printed below).
+# PPO will push the policy towards exactly such responses: this is where reward hacking
+# (lesson 05) starts.
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 5))
 rows = []
-for s, marker in (("heldout", "o"), ("ood", "x")):
+for s, marker in (("train", "."), ("heldout", "o"), ("ood", "x")):
     ev, d = evals[best][s], data[s]
     r_n = (np.concatenate([ev.chosen_rewards, ev.rejected_rewards]) - stats["mean"]) / stats["std"]
     gold = np.concatenate([d.chosen_gold, d.rejected_gold])
     jitter = np.random.default_rng(0).uniform(-0.04, 0.04, len(gold))  # gold values are discrete
-    ax.scatter(gold + jitter, r_n, s=8, alpha=0.4, marker=marker,
+    ax.scatter(gold + jitter, r_n, s=8, alpha=0.3, marker=marker,
                label=f"{s} (pearson {rm.pearson(r_n, gold):.2f})")
     recs = read_preferences(pref_paths[s])
     texts = [(r["prompt"], r["chosen"]) for r in recs] + [(r["prompt"], r["rejected"]) for r in recs]
@@ -231,19 +254,36 @@ fig.savefig(FIGURES / "04_reward_vs_gold.png", dpi=120)
 plt.close(fig)
 print(f"wrote {FIGURES / '04_reward_vs_gold.png'}")
 
-print("\nper split ('%s'): gold agreement / pearson / canonical right-vs-neighbour" % best)
+# How often each capital is named in a right / a wrong answer among the train pairs' responses.
+named_right, named_wrong = Counter(), Counter()
+for split, prompt, text, _, g in rows:
+    try:
+        country = parse_country(prompt)
+    except ValueError:                       # not a capitals prompt (a user's own --prefs file)
+        continue
+    for cap in capitals_named(text) if split == "train" else ():
+        (named_right if cap == CAPITAL[country] else named_wrong)[cap] += 1
+print("\nheld-out countries: canonical answer with the right capital vs with the neighbour's capital"
+      "\n(in brackets: times named in a right / wrong answer among the train responses)")
+hc = canon[best]["heldout"]
+for c, r_right, r_wrong in zip(SPLITS["heldout"], hc["right"], hc["wrong"]):
+    right, wrong = CAPITAL[c], CAPITAL[FACTS[c][1]]
+    print(f"  {c:9s} {right:11s} [{named_right[right]:3d}/{named_wrong[right]:3d}] "
+          f"{(r_right - stats['mean']) / stats['std']:+.2f}   vs {wrong:9s} "
+          f"[{named_right[wrong]:3d}/{named_wrong[wrong]:3d}] {(r_wrong - stats['mean']) / stats['std']:+.2f}")
+
+print(f"\nper split ('{best}'): gold agreement / pearson / canonical right-vs-neighbour")
 for s in data:
     m = evals[best][s].metrics
     print(f"  {s:8s} {m['gold_agreement']:.3f} / {m['gold_pearson']:.3f} / {canon[best][s]['accuracy']:.3f}")
-r_all, g_all = np.array([r[3] for r in rows]), np.array([r[4] for r in rows])
-z = lambda v: (v - v.mean()) / v.std()
-print("\nhigh proxy, low gold (largest z(r') - z(r*) among held-out/OOD responses):")
+print("\nhigh proxy, low gold: wrong answers (r* <= -1) that the RM scores highest, held-out/OOD:")
 seen = set()
-for i in np.argsort(-(z(r_all) - z(g_all))):
-    if rows[i][1:3] in seen:
+for i in sorted(range(len(rows)), key=lambda i: -rows[i][3]):
+    split, prompt, text, r_phi, g = rows[i]
+    if split == "train" or g > -1 or (prompt, text) in seen:
         continue
-    seen.add(rows[i][1:3])
-    print(f"  [{rows[i][0]}] {rows[i][1]!r} -> {rows[i][2]!r}\n      r' = {r_all[i]:+.2f}   r* = {g_all[i]:+.2f}")
+    seen.add((prompt, text))
+    print(f"  [{split}] {prompt!r} -> {text!r}\n      r' = {r_phi:+.2f}   r* = {g:+.2f}")
     if len(seen) == 5:
         break
 

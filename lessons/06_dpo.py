@@ -73,7 +73,7 @@ dcfg = dataclasses.replace(DPOConfig.smoke() if args.smoke else DPOConfig(), see
 tok = ensure_tokenizer(args.smoke)
 sft_params, model_cfg = ensure_sft_model(args.smoke)          # pi_ref (lesson 03; built if missing)
 pref_paths = ensure_preferences(args.smoke)                   # lesson 04's pairs (built if missing)
-N_EVAL = 2 if args.smoke else 8                               # samples per train prompt (x4 on the 8-prompt splits)
+N_EVAL = 1 if args.smoke else 8                               # samples per train prompt (x4 on the 8-prompt splits)
 print(dcfg)
 
 # %% [markdown]
@@ -151,6 +151,13 @@ fig.savefig(FIGURES / "06_dpo_curves.png", dpi=120)
 #                           ~= (1/n) sum_i [ log pi_theta(y_i|x) - log pi_ref(y_i|x) ],  y_i ~ pi_theta
 #
 # (the k1 estimator: unbiased, its individual terms can be negative).  It is 0 for the SFT model.
+#
+# What to expect where.  DPO only re-weights responses: it raises the log-ratio of the kinds of
+# answers that won and lowers those that lost, on the train prompts.  That transfers to another
+# prompt only through what the network shares between prompts.  The held-out samples printed
+# below show the limit: if pi_ref answers a held-out country with a memorised TRAIN country
+# ("What's the capital of Portugal?" -> "The capital of Poland is Warsaw."), no train pair ever
+# contained that mistake, so the preference data says nothing about it.
 
 # %%
 splits = {name: cw.split_prompts(name) for name in cw.SPLITS}
@@ -170,6 +177,9 @@ for row, m in results.items():
     print(f"{row:<14}" + "".join(f"{m[c]:>15.3f}" for c in cols))
 print(f"\nheld-out gold accuracy: SFT {results['sft/heldout']['gold/accuracy']:.3f} -> "
       f"DPO {results['dpo/heldout']['gold/accuracy']:.3f}")
+for model_name in ("sft", "dpo"):                              # what the held-out answers look like
+    s = samples[model_name, "heldout"]
+    print(f"{model_name} on {s.prompts[0]!r}: {s.texts[:3]}")
 
 # %% [markdown]
 # ## 5. The France prompt, and a reward without a reward model
@@ -287,7 +297,8 @@ for row in zip(betas, p_dpo, p_ipo, p_ipo_theory):
 fig, ax = plt.subplots(figsize=(6, 3.8))
 ax.loglog(betas, p_dpo, "o-", label=f"DPO after {toy_steps} steps (-> 0 with more)")
 ax.loglog(betas, p_ipo, "s-", label=f"IPO after {toy_steps} steps")
-ax.loglog(betas, p_ipo_theory, "k:", label="IPO optimum sigma(-1/(2 beta))")
+dense = np.logspace(-1.5, 1.0, 100)
+ax.loglog(dense, 1 / (1 + np.exp(1 / (2 * dense))), "k:", label="IPO optimum sigma(-1/(2 beta))")
 ax.axhline(0.5, color="gray", lw=0.5)
 ax.set(xlabel="beta (KL strength)", ylabel="pi_theta(y_l): the loser's probability",
        title="deterministic preference y_w > y_l, pi_ref = (1/2, 1/2)")

@@ -16,16 +16,16 @@ N_DEVICES = 4
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + f" --xla_force_host_platform_device_count={N_DEVICES}")
 
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
+import importlib.util
+import json
+import time
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
-from minirlhf import distributed, model, paths  # noqa: E402
-from minirlhf.dpo import dpo_loss  # noqa: E402
-from minirlhf.training import init_train_state, make_optimizer, make_train_step  # noqa: E402
+from minirlhf import distributed, model, paths
+from minirlhf.dpo import dpo_loss
+from minirlhf.training import init_train_state, make_optimizer, make_train_step
 
 t_start = time.time()
 args = paths.lesson_args()
@@ -138,7 +138,8 @@ print(f"max |params_mesh - params_1dev| = {diff:.2e}   (params moved by up to {m
 #
 # Where did the gradient communication go?  The compiler put it there.  The partitioned
 # program (HLO) of the mesh step contains `all-reduce` operations: the per-device gradients
-# of the replicated weights are summed across the 4 devices before AdamW sees them.
+# of the replicated weights are summed across the 4 devices before AdamW sees them (XLA's
+# all-reduce combiner merges the per-weight reductions into one or a few tuple all-reduces).
 
 # %%
 hlo = step_mesh.lower(state_mesh, sharded).compile().as_text()

@@ -27,7 +27,7 @@ type and must be spelled out op by op) — the declare-at-the-boundary style thi
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np

@@ -37,43 +37,57 @@ def models():
     return ref, rm, rlhf.init_ppo_state(ref, rm, MODEL, CFG, k_v)
 
 
-def rollout(state, ref, rm, key, cfg=CFG, ref_override=None):
+@pytest.fixture(scope="module")
+def one_iteration(models):
+    """(state before, state after, IterationOut) of one jitted iteration with CFG."""
+    ref, rm, state = models
+    pt, pm = prompts()
+    new_state, out = rlhf.ppo_iteration(state, ref, rm, pt, pm, jax.random.PRNGKey(5), cfg=CFG,
+                                        model_cfg=MODEL)
+    return state, new_state, out
+
+
+make_rollout = jax.jit(rlhf.make_rollout, static_argnames=("cfg", "model_cfg", "reward_fn"))
+loss_and_grad = jax.jit(jax.value_and_grad(rlhf.ppo_loss, has_aux=True), static_argnames=("cfg", "model_cfg"))
+
+
+def rollout(params, ref, rm, key, cfg=CFG):
     pt, pm = prompts()
     pt, pm = jnp.tile(pt, (2, 1)), jnp.tile(pm, (2, 1))              # B = 8
-    return rlhf.make_rollout(state.train_state.params, ref if ref_override is None else ref_override,
-                             rm, pt, pm, state.kl_ctl.beta, key, cfg=cfg, model_cfg=MODEL)
+    return make_rollout(params, ref, rm, pt, pm, jnp.float32(0.1), key, cfg=cfg, model_cfg=MODEL)
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_old_logprobs_equal_the_samplers(models, temperature):
+def test_old_logprobs_equal_the_samplers(models):
+    """Recomputed log pi_old == the sampler's log-probs, at a temperature != 1 (where forgetting
+    to scale the logits would show; temperature 1 is checked every iteration, see below)."""
     ref, rm, state = models
-    cfg = dataclasses.replace(CFG, temperature=temperature)
+    cfg = dataclasses.replace(CFG, temperature=0.7)
     key = jax.random.PRNGKey(1)
-    batch, stats = rollout(state, ref, rm, key, cfg)
+    batch, stats = rollout(state.train_state.params, ref, rm, key, cfg)
     pt, pm = prompts()
     gen = generate(state.train_state.params["policy"], jnp.tile(pt, (2, 1)), jnp.tile(pm, (2, 1)), key,
-                   cfg=MODEL, max_new_tokens=N, temperature=temperature)
+                   cfg=MODEL, max_new_tokens=N, temperature=0.7)
     np.testing.assert_array_equal(batch["tokens"], gen.tokens)
     assert gen.response_mask.sum() > 8                               # something was sampled
     np.testing.assert_allclose(batch["old_logps"] * gen.response_mask, gen.logprobs, atol=2e-5)
     assert float(stats["rollout/logprob_mismatch"]) < 2e-5
 
 
-def test_reference_gets_no_gradient_and_is_unchanged(models):
+def test_reference_gets_no_gradient_and_is_unchanged(models, one_iteration):
     ref, rm, state = models
     params, key = state.train_state.params, jax.random.PRNGKey(2)
 
+    @jax.jit
     def loss_through_rollout(ref_params):
-        batch, _ = rollout(state, ref, rm, key, ref_override=ref_params)
+        batch, _ = rollout(params, ref_params, rm, key)
         return rlhf.ppo_loss(params, batch, CFG, MODEL)[0]
 
     grads = jax.grad(loss_through_rollout)(ref)
     for g in jax.tree_util.tree_leaves(grads):
         assert np.all(np.asarray(g) == 0.0)
-    ref_before = jax.tree_util.tree_map(np.array, ref)
-    pt, pm = prompts()
-    new_state, _ = rlhf.ppo_iteration(state, ref, rm, pt, pm, key, cfg=CFG, model_cfg=MODEL)
-    for a, b in zip(jax.tree_util.tree_leaves(ref_before), jax.tree_util.tree_leaves(ref)):
+    ref_again = init_params(jax.random.split(jax.random.PRNGKey(0), 4)[0], MODEL)  # a fresh copy
+    _, new_state, _ = one_iteration
+    for a, b in zip(jax.tree_util.tree_leaves(ref_again), jax.tree_util.tree_leaves(ref)):
         np.testing.assert_array_equal(a, b)
     moved = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(
         jax.tree_util.tree_leaves(new_state.train_state.params["policy"]), jax.tree_util.tree_leaves(ref))]
@@ -82,37 +96,35 @@ def test_reference_gets_no_gradient_and_is_unchanged(models):
 
 def test_padding_contributes_nothing(models):
     ref, rm, state = models
-    batch, _ = rollout(state, ref, rm, jax.random.PRNGKey(3))
-    padded = {k: jnp.pad(v, ((0, 0), (0, 3))) for k, v in batch.items()}   # 3 pad columns (id 0, masks 0)
     params = state.train_state.params
-    loss, metrics = rlhf.ppo_loss(params, batch, CFG, MODEL)
-    loss_p, metrics_p = rlhf.ppo_loss(params, padded, CFG, MODEL)
+    batch, _ = rollout(params, ref, rm, jax.random.PRNGKey(3))
+    padded = {k: jnp.pad(v, ((0, 0), (0, 3))) for k, v in batch.items()}   # 3 pad columns (id 0, masks 0)
+    (loss, metrics), grads = loss_and_grad(params, batch, cfg=CFG, model_cfg=MODEL)
+    (loss_p, metrics_p), grads_p = loss_and_grad(params, padded, cfg=CFG, model_cfg=MODEL)
     np.testing.assert_allclose(loss_p, loss, rtol=1e-5, atol=1e-6)
     for name in metrics:
         np.testing.assert_allclose(metrics_p[name], metrics[name], rtol=1e-5, atol=1e-6)
-    g = jax.grad(lambda p, b: rlhf.ppo_loss(p, b, CFG, MODEL)[0])
-    for a, b in zip(jax.tree_util.tree_leaves(g(params, batch)), jax.tree_util.tree_leaves(g(params, padded))):
+    for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(grads_p)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_values_are_aligned_with_the_state_before_each_token(models):
     ref, rm, state = models
-    batch, _ = rollout(state, ref, rm, jax.random.PRNGKey(4))
     params = state.train_state.params
+    batch, _ = rollout(params, ref, rm, jax.random.PRNGKey(3))
     hidden = forward(params["policy"], batch["tokens"], batch["attention_mask"], MODEL).hidden
     v_after = np.asarray(scalar_head(params["value"]["head"], hidden))          # V after token t
     np.testing.assert_allclose(batch["old_values"][:, P], v_after[:, P - 1], rtol=1e-5)  # V(prompt)
     np.testing.assert_array_equal(batch["old_values"][:, 0], 0.0)
 
 
-def test_one_jitted_iteration_returns_documented_finite_metrics(models):
-    ref, rm, state = models
-    pt, pm = prompts()
-    new_state, out = rlhf.ppo_iteration(state, ref, rm, pt, pm, jax.random.PRNGKey(5), cfg=CFG,
-                                        model_cfg=MODEL)
+def test_one_jitted_iteration_returns_documented_finite_metrics(one_iteration):
+    state, new_state, out = one_iteration
     assert set(out.metrics) == set(METRICS)
     for name, value in out.metrics.items():
         assert np.isfinite(float(value)), name
+    assert float(out.metrics["rollout/logprob_mismatch"]) < 2e-5
+    assert float(out.metrics["objective/kl"]) == 0.0                 # pi_theta = pi_ref at the start
     assert out.tokens.shape == (CFG.batch_size, P + N) and out.prompt_idx.shape == (CFG.batch_size,)
     np.testing.assert_array_equal(np.bincount(np.asarray(out.prompt_idx), minlength=4), [2, 2, 2, 2])
     assert float(new_state.kl_ctl.beta) == pytest.approx(0.1)            # fixed-beta mode
@@ -120,35 +132,29 @@ def test_one_jitted_iteration_returns_documented_finite_metrics(models):
     assert int(new_state.train_state.step) == int(state.train_state.step) + steps
 
 
-def test_adaptive_controller_lowers_beta_when_kl_is_below_target(models):
-    ref, rm, _ = models
-    kl = ppo.KLControllerConfig(init_beta=0.1, adaptive=True, target=1e6, horizon=80.0)
-    cfg = dataclasses.replace(CFG, kl=kl)
-    state = rlhf.init_ppo_state(ref, rm, MODEL, cfg, jax.random.PRNGKey(0))
-    pt, pm = prompts()
-    new_state, _ = rlhf.ppo_iteration(state, ref, rm, pt, pm, jax.random.PRNGKey(5), cfg=cfg, model_cfg=MODEL)
-    # e = clip(KL / target - 1, -0.2, 0.2) = -0.2;  beta' = beta (1 + e B / horizon)
-    assert float(new_state.kl_ctl.beta) == pytest.approx(0.1 * (1 - 0.2 * 8 / 80.0), rel=1e-6)
-
-
 @pytest.mark.parametrize("value_model", ["shared", "separate"])
 def test_value_function_receives_gradients(models, value_model):
     ref, rm, _ = models
     cfg = dataclasses.replace(CFG, value_model=value_model)
     state = rlhf.init_ppo_state(ref, rm, MODEL, cfg, jax.random.PRNGKey(0))
-    batch, _ = rollout(state, ref, rm, jax.random.PRNGKey(6), cfg)
-    grads = jax.grad(lambda p: rlhf.ppo_loss(p, batch, cfg, MODEL)[0])(state.train_state.params)
+    batch, _ = rollout(state.train_state.params, ref, rm, jax.random.PRNGKey(6), cfg)
+    _, grads = loss_and_grad(state.train_state.params, batch, cfg=cfg, model_cfg=MODEL)
     for g in jax.tree_util.tree_leaves(grads["value"]):
         assert np.abs(np.asarray(g)).max() > 0
     if value_model == "separate":                                    # InstructGPT: V starts as r_phi
         np.testing.assert_array_equal(state.train_state.params["value"]["head"]["w"], rm["head"]["w"])
-    pt, pm = prompts()
-    new_state, _ = rlhf.ppo_iteration(state, ref, rm, pt, pm, jax.random.PRNGKey(7), cfg=cfg, model_cfg=MODEL)
-    assert np.abs(np.asarray(new_state.train_state.params["value"]["head"]["w"])
-                  - np.asarray(state.train_state.params["value"]["head"]["w"])).max() > 0
+
+
+def test_the_iteration_updates_the_value_head(one_iteration):
+    state, new_state, _ = one_iteration
+    w_old = np.asarray(state.train_state.params["value"]["head"]["w"])
+    assert np.abs(np.asarray(new_state.train_state.params["value"]["head"]["w"]) - w_old).max() > 0
 
 
 TARGET = 9
+BEHAVIOUR_CFG = dataclasses.replace(
+    CFG, batch_size=16, lr=1e-2,
+    kl=ppo.KLControllerConfig(init_beta=0.01, adaptive=True, target=1e6, horizon=160.0))
 
 
 def count_target(rm_params, tokens, attention_mask, response_mask, model_cfg):
@@ -162,17 +168,32 @@ def first_token_prob(policy, token):
     return float(jnp.mean(jax.nn.softmax(logits, axis=-1)[:, token]))
 
 
-def test_ppo_increases_the_probability_of_the_rewarded_token(models):
+@pytest.fixture(scope="module")
+def behaviour_run(models):
+    """6 iterations rewarding TARGET, with the adaptive controller (KL far below its target)."""
     ref, rm, _ = models
-    cfg = dataclasses.replace(CFG, batch_size=16, lr=1e-2, kl=ppo.KLControllerConfig(init_beta=0.01))
-    state = rlhf.init_ppo_state(ref, rm, MODEL, cfg, jax.random.PRNGKey(0))
+    state = rlhf.init_ppo_state(ref, rm, MODEL, BEHAVIOUR_CFG, jax.random.PRNGKey(0))
     pt, pm = prompts()
-    p_before = first_token_prob(ref, TARGET)
-    scores = []
+    betas, scores = [float(state.kl_ctl.beta)], []
     for key in jax.random.split(jax.random.PRNGKey(8), 6):
-        state, out = rlhf.ppo_iteration(state, ref, rm, pt, pm, key, cfg=cfg, model_cfg=MODEL,
+        state, out = rlhf.ppo_iteration(state, ref, rm, pt, pm, key, cfg=BEHAVIOUR_CFG, model_cfg=MODEL,
                                         reward_fn=count_target)
+        betas.append(float(state.kl_ctl.beta))
         scores.append(float(out.metrics["objective/scores"]))
+    return state, betas, scores
+
+
+def test_ppo_increases_the_probability_of_the_rewarded_token(models, behaviour_run):
+    ref, _, _ = models
+    state, _, scores = behaviour_run
+    p_before = first_token_prob(ref, TARGET)
     p_after = first_token_prob(state.train_state.params["policy"], TARGET)
     assert p_after > 2 * p_before, (p_before, p_after)
     assert np.mean(scores[-2:]) > np.mean(scores[:2]), scores
+
+
+def test_adaptive_controller_lowers_beta_when_kl_is_below_target(behaviour_run):
+    _, betas, _ = behaviour_run
+    # e = clip(KL / target - 1, -0.2, 0.2) = -0.2 every iteration;  beta' = beta (1 + e B / horizon)
+    expected = 0.01 * (1 - 0.2 * 16 / 160.0) ** np.arange(7)
+    np.testing.assert_allclose(betas, expected, rtol=1e-5)

@@ -111,14 +111,17 @@ def test_vmapped_ppo_runs_equal_individual_runs(ppo_run):
     run, (params0, history0) = ppo_run
     keys = jnp.stack([jax.random.key(0), jax.random.key(1)])
     params_v, history_v = jax.jit(jax.vmap(partial(et.run_ppo, WORLD, PPO_CFG)))(keys)
-    params1, _ = run(jax.random.key(1))
-    # same keys, same samples: equal up to float32 reduction order (a wrong key per seed
-    # would give O(1) differences)
-    for i, p in enumerate([params0, params1]):
-        np.testing.assert_allclose(params_v["logits"][i], p["logits"], atol=5e-3)
-    np.testing.assert_allclose(history_v["exact/kl_to_optimum"][0],
-                               history0["exact/kl_to_optimum"], rtol=1e-2, atol=1e-4)
-    assert not np.allclose(params_v["logits"][0], params_v["logits"][1])  # seeds differ
+    _, history1 = run(jax.random.key(1))
+    # Same keys, same samples, same trajectory up to float32 reduction order. Sampling makes
+    # the dynamics chaotic (one flipped sample changes the rest of the run), so compare the
+    # first iterations tightly; a wrong key per seed would differ from the first iteration.
+    for i, h in enumerate([history0, history1]):
+        np.testing.assert_allclose(history_v["exact/kl_to_optimum"][i, :10],
+                                   h["exact/kl_to_optimum"][:10], rtol=1e-4)
+    assert not np.allclose(history_v["exact/kl_to_optimum"][0, :10],
+                           history_v["exact/kl_to_optimum"][1, :10])  # seeds differ
+    kl_before = history_v["exact/kl_to_optimum"][:, 0]  # after one iteration
+    assert np.all(history_v["exact/kl_to_optimum"][:, -1] < kl_before / 10)  # every seed
 
 
 # ----------------------------------------------------------------------------- DPO
