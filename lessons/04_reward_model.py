@@ -30,7 +30,14 @@ from minirlhf.data import read_preferences
 from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
 from minirlhf.reward_data import encode_responses, ensure_preferences, load_preference_data
 from minirlhf.sft import ensure_sft_model
-from minirlhf.worlds.capitals import CAPITAL, FACTS, SPLITS, CapitalsConfig, capitals_named, parse_country
+from minirlhf.worlds.capitals import (
+    CAPITAL,
+    FACTS,
+    SPLITS,
+    CapitalsConfig,
+    capitals_named,
+    parse_country,
+)
 
 t_start = time.time()
 args = paths.lesson_args()

@@ -188,6 +188,14 @@ print(f"held-out gold accuracy: SFT {results['SFT heldout']['gold/accuracy']:.3f
 # some, the learned reward keeps rising while the gold reward stalls or falls: reward
 # hacking, Gao et al. 2023).  Too large: the penalty dominates and the policy barely moves.
 # The runs share one compilation (beta is part of the state, not of the compiled code).
+#
+# What we saw while tuning (not rerun here, to keep the lesson within its time budget): with a
+# learning rate 3x larger (1e-4) and the same beta = 0.05, the KL passed ~1.3 nats within
+# 10 iterations and the policy then found the reward model's blind spot.  By iteration 30
+# r_phi had risen from 0.06 to 0.86 while the gold reward fell from 0.84 to -0.08 (gold
+# accuracy on the rollouts 0.75 -> 0.36, KL 6.4 nats): it answered "The capital of Spain is
+# Madrid." to most questions, whatever the country.  The reward model had learned that this
+# sentence is often a good answer, not that it must match the question.
 
 # %%
 SWEEP = (0.0, cfg.kl.init_beta, 1.0)

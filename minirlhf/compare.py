@@ -94,8 +94,8 @@ class PrefTrainConfig:
 
 
 def pair_loss(logp, ref_logp, pairs: et.PreferencePairs, beta, loss_type: str):
-    """sum_m w_m loss(pair m) with the library losses on one pair at a time.
-    logp, ref_logp: [P, N]; pairs: M weighted (prompt, chosen, rejected) triples."""
+    """(1/M) sum_m loss(pair m) with the library losses on one pair at a time.
+    logp, ref_logp: [P, N]; pairs: M (prompt, chosen, rejected) triples."""
     def seq(table, idx):
         return table[pairs.prompt_ids, idx]  # [M] summed sequence log-probs
 
@@ -106,7 +106,7 @@ def pair_loss(logp, ref_logp, pairs: et.PreferencePairs, beta, loss_type: str):
         loss = ipo_loss if loss_type == "ipo" else dpo_loss
         return loss(*(x[None] for x in xs), beta)[0]
 
-    return jnp.sum(pairs.weights * jax.vmap(one)(*args))
+    return jnp.mean(jax.vmap(one)(*args))
 
 
 def train_on_pairs(init_logp, ref_logp, pairs, beta, cfg: PrefTrainConfig, world: ExactWorld):
@@ -200,13 +200,13 @@ def subset_pairs(world: ExactWorld, n_support: int, n_pairs_per_prompt: int, key
 def sft_on_chosen(world: ExactWorld, pairs: et.PreferencePairs, n_steps: int,
                   learning_rate: float) -> jax.Array:
     """A few Adam steps of maximum likelihood on the chosen responses, from pi_ref
-    (L_SFT = -sum_m w_m log pi(y_w,m)); returns log pi_sft [P, N] (full support)."""
+    (L_SFT = -(1/M) sum_m log pi(y_w,m)); returns log pi_sft [P, N] (full support)."""
     params = _params_from(world.logp_ref, world)
     tx = optax.adam(learning_rate)
 
     def loss_fn(p):
         logp = tabular.all_sequence_logprobs(p)
-        return -jnp.sum(pairs.weights * logp[pairs.prompt_ids, pairs.chosen])
+        return -jnp.mean(logp[pairs.prompt_ids, pairs.chosen])
 
     def step(carry, _):
         p, opt = carry

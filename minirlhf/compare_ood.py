@@ -102,12 +102,15 @@ def ood_run(world: ExactWorld, cfg: OODConfig, key) -> dict:
 
 @dataclass(frozen=True)
 class OveroptConfig:
-    n_pairs_per_prompt: int = 24
+    n_pairs_per_prompt: int = 32
     """Few BT-labelled pairs y1, y2 ~ pi_ref per prompt for the proxy."""
-    l2: float = 0.02
+    rater_temperature: float = 0.1
+    """Labels P(y1 > y2) = sigmoid((r(y1) - r(y2)) / T): a sharper rater than T = 1, so a few
+    pairs give a proxy that is informative at first (gold differences are <= 1)."""
+    l2: float = 0.05
     """Ridge strength of the tabular proxy."""
     ppo: et.TabularPPOConfig = field(default_factory=lambda: et.TabularPPOConfig(
-        beta=0.005, n_iterations=150, learning_rate=0.05, anneal_lr=False))
+        beta=0.005, n_iterations=150, learning_rate=0.01, anneal_lr=False))
     """PPO against the proxy with a small KL coefficient (cfg.ppo.beta)."""
     bon_ns: tuple = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
     """Best-of-n against the proxy, exact by enumeration."""
@@ -146,7 +149,8 @@ def overopt_run(world: ExactWorld, cfg: OveroptConfig, key) -> dict:
     """Gao et al. 2022 as a toy: a proxy fitted on few pairs, then PPO and best-of-n against it.
     Returns {"ppo": run_ppo_tracked(...), "bon": {"kl", "gold", "proxy"} each [len(bon_ns)]}."""
     k_pairs, k_ppo = jax.random.split(key)
-    pairs = et.sample_preference_pairs(world, cfg.n_pairs_per_prompt, k_pairs)
+    rater = world._replace(reward=world.reward / cfg.rater_temperature)
+    pairs = et.sample_preference_pairs(rater, cfg.n_pairs_per_prompt, k_pairs)
     proxy = fit_bt_reward(pairs, world.reward.shape, cfg.l2)
     history = run_ppo_tracked(world._replace(reward=proxy), world.reward, cfg.ppo, k_ppo)
     bon = {"kl": [], "gold": [], "proxy": []}

@@ -190,7 +190,6 @@ class PreferencePairs(NamedTuple):
     prompt_ids: jax.Array  # [M] int32
     chosen: jax.Array  # [M] int32 index of y_w in world.responses
     rejected: jax.Array  # [M] int32 index of y_l
-    weights: jax.Array  # [M] probability of this (prompt, chosen, rejected); 1/M when sampled
 
 
 @partial(jax.jit, static_argnums=1)
@@ -207,87 +206,98 @@ def sample_preference_pairs(world: ExactWorld, n_pairs_per_prompt: int, key) -> 
     y2 = jax.random.categorical(k2, logits).astype(jnp.int32)
     p_y1_wins = jax.nn.sigmoid(world.reward[prompt_ids, y1] - world.reward[prompt_ids, y2])
     y1_wins = jax.random.bernoulli(k_label, p_y1_wins)
-    M = prompt_ids.shape[0]
-    return PreferencePairs(prompt_ids, jnp.where(y1_wins, y1, y2), jnp.where(y1_wins, y2, y1),
-                           jnp.full((M,), 1.0 / M))
-
-
-def pairs_on_grid(weights: jax.Array) -> PreferencePairs:
-    """All ordered (prompt, y_w, y_l) triples with the given weights [P, N, N] (flattened)."""
-    P, N, _ = weights.shape
-    p_ids, w_ids, l_ids = jnp.meshgrid(jnp.arange(P), jnp.arange(N), jnp.arange(N), indexing="ij")
-    return PreferencePairs(*(x.reshape(-1).astype(jnp.int32) for x in (p_ids, w_ids, l_ids)),
-                           weights.reshape(-1))
+    return PreferencePairs(prompt_ids, jnp.where(y1_wins, y1, y2), jnp.where(y1_wins, y2, y1))
 
 
 @jax.jit
-def population_preference_pairs(world: ExactWorld) -> PreferencePairs:
-    """Every ordered (prompt, y_w, y_l) with its probability under the sampling process:
-    (1/P) * 2 pi_ref(y_w) pi_ref(y_l) sigmoid(r(y_w) - r(y_l))  (sums to 1)."""
+def population_pair_weights(world: ExactWorld) -> jax.Array:
+    """Probability of each ordered (prompt, y_w, y_l) under the sampling process (sums to 1):
+    (1/P) * 2 pi_ref(y_w) pi_ref(y_l) sigmoid(r(y_w) - r(y_l)). Returns [P, N, N]."""
     P = world.reward.shape[0]
     pi_ref, r = jnp.exp(world.logp_ref), world.reward  # [P, N]
-    weights = (2.0 / P) * pi_ref[:, :, None] * pi_ref[:, None, :] * jax.nn.sigmoid(
+    return (2.0 / P) * pi_ref[:, :, None] * pi_ref[:, None, :] * jax.nn.sigmoid(
         r[:, :, None] - r[:, None, :])  # [P, N, N]
-    return pairs_on_grid(weights)
 
 
 @partial(jax.jit, static_argnums=(1, 2))
-def empirical_preference_pairs(pairs: PreferencePairs, n_prompts: int, n_responses: int):
-    """A sampled dataset as empirical frequencies on the pair grid.
+def empirical_pair_weights(pairs: PreferencePairs, n_prompts: int, n_responses: int):
+    """A sampled dataset as empirical frequencies of each (prompt, y_w, y_l): [P, N, N].
 
-    For a tabular policy sum_m loss(pair m) / M only depends on how often each
-    (prompt, y_w, y_l) occurs, so full-batch training on M pairs costs P N^2 per step.
+    For a tabular policy mean_m loss(pair m) depends only on these counts, so full-batch
+    training on any number of pairs costs P N^2 per step.
     """
     flat = (pairs.prompt_ids * n_responses + pairs.chosen) * n_responses + pairs.rejected
-    weights = jnp.zeros(n_prompts * n_responses**2).at[flat].add(pairs.weights)
-    return pairs_on_grid(weights.reshape(n_prompts, n_responses, n_responses))
+    counts = jnp.zeros(n_prompts * n_responses**2).at[flat].add(1.0)
+    return (counts / flat.shape[0]).reshape(n_prompts, n_responses, n_responses)
 
 
-@partial(jax.jit, static_argnums=4)
-def preference_loss(params, ref_params, world: ExactWorld, pairs: PreferencePairs, cfg):
-    """Weighted preference loss sum_m weights_m * loss(pair m), reusing dpo.py per pair."""
-    def seq_logps(p, idx):  # summed over tokens, like a language model
-        return tabular.token_logprobs(p, pairs.prompt_ids, world.responses[idx]).sum(-1)  # [M]
-
-    args = (seq_logps(params, pairs.chosen), seq_logps(params, pairs.rejected),
-            seq_logps(ref_params, pairs.chosen), seq_logps(ref_params, pairs.rejected))
-
-    def one_pair(*xs):  # the library loss on a batch of one pair
+def _pair_losses(policy_chosen, policy_rejected, reference_chosen, reference_rejected, cfg):
+    """Per-pair loss: the library loss (dpo.py) applied to batches of one pair. All [M]."""
+    def one_pair(*xs):
         if cfg.loss_type == "ipo":
             return ipo_loss(*(x[None] for x in xs), cfg.beta)[0]
         return dpo_loss(*(x[None] for x in xs), cfg.beta, cfg.label_smoothing)[0]
 
-    return jnp.sum(pairs.weights * jax.vmap(one_pair)(*args))
+    return jax.vmap(one_pair)(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
+
+
+@partial(jax.jit, static_argnums=4)
+def preference_loss(params, ref_params, world: ExactWorld, pairs: PreferencePairs, cfg):
+    """Mean loss over a batch of pairs, with summed token log-probs like a language model."""
+    def seq_logps(p, idx):
+        return tabular.token_logprobs(p, pairs.prompt_ids, world.responses[idx]).sum(-1)  # [M]
+
+    return jnp.mean(_pair_losses(seq_logps(params, pairs.chosen), seq_logps(params, pairs.rejected),
+                                 seq_logps(ref_params, pairs.chosen),
+                                 seq_logps(ref_params, pairs.rejected), cfg))
+
+
+@partial(jax.jit, static_argnums=3)
+def grid_preference_loss(params, world: ExactWorld, weights: jax.Array, cfg):
+    """sum_{p, w, l} weights[p, w, l] * loss(p, y_w, y_l) over all ordered pairs at once.
+
+    The exact distribution log pi [P, N] is broadcast to [P, N, N] (chosen on axis 1,
+    rejected on axis 2), so the backward pass is a sum, not N^2 scatters. weights: [P, N, N].
+    """
+    logp = tabular.all_sequence_logprobs(params)  # [P, N]
+    shape = weights.shape
+    chosen = (jnp.broadcast_to(x[:, :, None], shape).reshape(-1) for x in (logp, world.logp_ref))
+    rejected = (jnp.broadcast_to(x[:, None, :], shape).reshape(-1) for x in (logp, world.logp_ref))
+    (pc, rc), (pr, rr) = chosen, rejected
+    return jnp.sum(weights.reshape(-1) * _pair_losses(pc, pr, rc, rr, cfg))
 
 
 def run_dpo(world: ExactWorld, cfg: TabularDPOConfig, key: jax.Array):
     """Train a tabular policy with DPO / IPO from pi_ref; one jittable pure function of `key`.
 
+    population=True: exact expected loss (grid weights = pair probabilities). Otherwise a
+    dataset of n_pairs_per_prompt sampled pairs, trained full-batch (batch_size=None, via
+    its empirical grid weights) or with minibatches drawn with replacement.
     Returns (params, history) with history[name] of shape [n_steps].
     """
     A, K = world.ref_logits.shape[-1], world.responses.shape[-1]
     ref_params = tabular.init_tabular_from_logprobs(world.logp_ref, A, K)
     k_data, k_steps = jax.random.split(key)
+    full_batch = cfg.population or cfg.batch_size is None
     if cfg.population:
-        pairs = population_preference_pairs(world)
+        weights = population_pair_weights(world)
     else:
         pairs = sample_preference_pairs(world, cfg.n_pairs_per_prompt, k_data)
-        if cfg.batch_size is None:  # full batch: the same loss, summarised by pair counts
-            pairs = empirical_preference_pairs(pairs, *world.reward.shape)
+        if full_batch:
+            weights = empirical_pair_weights(pairs, *world.reward.shape)
     state = TrainState.create(apply_fn=None, params=ref_params,
                               tx=_adam(cfg.learning_rate, cfg.n_steps, cfg.anneal_lr))
     logp_star = exact.optimal_policy(world.logp_ref, world.reward, cfg.beta)
-    M = pairs.prompt_ids.shape[0]
+
+    def loss_fn(params, step_key):
+        if full_batch:
+            return grid_preference_loss(params, world, weights, cfg)
+        idx = jax.random.randint(step_key, (cfg.batch_size,), 0, pairs.prompt_ids.shape[0])
+        batch = jax.tree_util.tree_map(lambda x: x[idx], pairs)
+        return preference_loss(params, ref_params, world, batch, cfg)
 
     def step(state, step_key):
-        if cfg.population or cfg.batch_size is None:
-            batch = pairs
-        else:
-            idx = jax.random.randint(step_key, (cfg.batch_size,), 0, M)
-            batch = jax.tree_util.tree_map(lambda x: x[idx], pairs)._replace(
-                weights=jnp.full((cfg.batch_size,), 1.0 / cfg.batch_size))
-        loss, grads = jax.value_and_grad(preference_loss)(state.params, ref_params, world,
-                                                          batch, cfg)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, step_key)
         state = state.apply_gradients(grads=grads)
         return state, {"loss": loss, **exact_metrics(state.params, world, logp_star)}
 

@@ -131,7 +131,8 @@ def attend(q, k, v, allowed, cfg: GPTConfig):
     """
     if cfg.attention == "fused":
         return jax.nn.dot_product_attention(q, k, v, mask=allowed)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)    # [B, H, Tq, Tk]
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k,
+                        preferred_element_type=jnp.float32)               # [B, H, Tq, Tk] fp32
     scores = scores / math.sqrt(q.shape[-1])
     scores = jnp.where(allowed, scores, NEG_INF)                          # causal + padding mask
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)            # [B, H, Tq, Tk]
@@ -199,7 +200,7 @@ def forward(params: dict, tokens, attention_mask, cfg: GPTConfig) -> ForwardOut:
         return block(x, p, allowed, cfg)
 
     x, kv = jax.lax.scan(layer, x, params["blocks"])                        # over L layers
-    h = layer_norm(x, params["ln_f"]).astype(jnp.float32)
+    h = layer_norm(x.astype(jnp.float32), params["ln_f"])                  # fp32 from here on
     logits = jnp.einsum("btd,vd->btv", h, params["wte"])                    # [B, T, V]
     return ForwardOut(logits, h, kv)
 

@@ -43,8 +43,12 @@ from minirlhf.evaluation import sample_answers
 from minirlhf.model import GPTConfig, forward, init_scalar_head, reward_from_hidden
 from minirlhf.paths import runs_dir
 from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
-from minirlhf.reward_data import (PreferenceData, encode_responses, ensure_preferences,  # noqa: F401
-                                  load_preference_data)
+from minirlhf.reward_data import (
+    PreferenceData,
+    encode_responses,
+    ensure_preferences,
+    load_preference_data,
+)
 from minirlhf.sft import ensure_sft_model
 from minirlhf.training import Progress, batches, init_train_state, make_optimizer, make_train_step
 from minirlhf.worlds.capitals import CAPITAL, FACTS, SPLITS, canonical_answer, make_prompt
@@ -76,7 +80,7 @@ class RewardConfig:
     """Seeds the head init, the batch order and the reference samples."""
 
     @classmethod
-    def smoke(cls) -> "RewardConfig":
+    def smoke(cls) -> RewardConfig:
         return cls(steps_head=6, steps_full=6, batch_size=8, eval_every=3, n_reference_per_prompt=2)
 
     def steps(self, regime: str) -> int:

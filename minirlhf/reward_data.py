@@ -44,8 +44,14 @@ from minirlhf.paths import runs_dir
 from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
 from minirlhf.sft import ensure_sft_model
 from minirlhf.tokenizer import PAD_ID, EncodedBatch, encode_batch, encode_text
-from minirlhf.worlds.capitals import (SPLITS, CapitalsConfig, gold_reward, parse_country,
-                                      rate_pair, split_prompts)
+from minirlhf.worlds.capitals import (
+    SPLITS,
+    CapitalsConfig,
+    gold_reward,
+    parse_country,
+    rate_pair,
+    split_prompts,
+)
 
 PREFERENCE_SPLITS = tuple(SPLITS)  # ("train", "heldout", "ood")
 
@@ -62,11 +68,11 @@ class PreferenceConfig:
     """Sampling temperature of the SFT model (1 = its own distribution)."""
     seed: int = 0
     """Seeds the sampling keys and the rater's coin flips."""
-    world: CapitalsConfig = CapitalsConfig()
+    world: CapitalsConfig = dataclasses.field(default_factory=CapitalsConfig)
     """The capitals world; its rater_tau is the rater's temperature."""
 
     @classmethod
-    def smoke(cls) -> "PreferenceConfig":
+    def smoke(cls) -> PreferenceConfig:
         return cls(pairs_per_prompt=4, eval_pairs_per_prompt=4)
 
 

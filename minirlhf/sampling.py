@@ -78,7 +78,7 @@ def decode_step(params, token, pos, col, cache, key_mask, cfg: GPTConfig):
         return x, (k_cache, v_cache)
 
     x, cache = jax.lax.scan(layer, x, (params["blocks"], *cache))
-    h = layer_norm(x[:, 0], params["ln_f"]).astype(jnp.float32)               # [B, D]
+    h = layer_norm(x[:, 0].astype(jnp.float32), params["ln_f"])               # [B, D] fp32
     return h @ params["wte"].T, h, cache                                       # [B, V]
 
 

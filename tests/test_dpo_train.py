@@ -3,7 +3,7 @@
 Tiny GPT configs built here (never the lessons' checkpoints), so each test takes seconds.
 """
 
-import dataclasses
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from minirlhf.dpo import dpo_loss, ipo_loss
 from minirlhf.dpo_train import (DPOConfig, concatenated_logps, dpo_batch_loss, encode_pairs,
                                 evaluate_pairs, implicit_rewards, make_dpo_step, pair_logps,
                                 sequence_logratios, train_dpo, with_reference_logps)
-from minirlhf.model import GPTConfig, forward, init_params, token_logprobs
+from minirlhf.model import GPTConfig, forward, init_params
 from minirlhf.sampling import Generation
 from minirlhf.tokenizer import EOS_ID, PAD_ID, encode_text
 from minirlhf.training import init_train_state
@@ -61,10 +60,14 @@ def test_dpo_gradient_equals_the_papers_written_out_gradient():
     dcfg = DPOConfig(beta=beta)
     autodiff, _ = ravel_pytree(jax.grad(lambda p: dpo_batch_loss(p, batch, TINY, dcfg)[0])(params))
 
-    def row_logp_and_grad(p, which, b):   # one sequence alone: [1, T]
-        f = lambda q: concatenated_logps(q, {k: v[b:b + 1] for k, v in batch.items()
-                                             if not k.startswith("reference")}, TINY)[which][0]
-        value, grad = jax.value_and_grad(f)(p)
+    tokens_only = {k: v for k, v in batch.items() if not k.startswith("reference")}
+
+    @partial(jax.jit, static_argnames="which")
+    def row_value_and_grad(p, row, which):   # ONE sequence's log pi(y|x), row: [1, T] arrays
+        return jax.value_and_grad(lambda q: concatenated_logps(q, row, TINY)[which][0])(p)
+
+    def row_logp_and_grad(p, which, b):
+        value, grad = row_value_and_grad(p, {k: v[b:b + 1] for k, v in tokens_only.items()}, which)
         return float(value), np.asarray(ravel_pytree(grad)[0], np.float64)
 
     expected, B = np.zeros(autodiff.shape, np.float64), len(batch["chosen_tokens"])

@@ -163,3 +163,19 @@ def test_best_of_n_kl_is_below_the_bound_and_approaches_it_for_many_atoms():
         assert np.all(exact.expected_reward(logp_bon, world.reward)
                       > exact.expected_reward(world.logp_ref, world.reward))
     assert exact.best_of_n_kl_bound(1) == 0.0
+
+
+def test_ipo_optimal_policy_closed_form_float64():
+    with jax.enable_x64(True):
+        world = make_exact_world(SMALL)
+        beta = 0.5
+        pi_ref, r = np.exp(np.asarray(world.logp_ref)), np.asarray(world.reward)
+        expected = np.zeros_like(pi_ref)
+        for p in range(pi_ref.shape[0]):
+            for i in range(pi_ref.shape[1]):  # p(y_i > pi_ref) = sum_j pi_ref(j) sigma(r_i - r_j)
+                win = sum(pi_ref[p, j] / (1 + np.exp(-(r[p, i] - r[p, j])))
+                          for j in range(pi_ref.shape[1]))
+                expected[p, i] = pi_ref[p, i] * np.exp(win / beta)
+        expected /= expected.sum(-1, keepdims=True)
+        got = np.exp(exact.ipo_optimal_policy(world.logp_ref, world.reward, beta))
+        np.testing.assert_allclose(got, expected, rtol=1e-10)

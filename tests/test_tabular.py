@@ -108,9 +108,9 @@ def test_ppo_converges_to_the_kl_regularised_optimum(ppo_run):
 
 
 def test_vmapped_ppo_runs_equal_individual_runs(ppo_run):
-    run, (params0, history0) = ppo_run
+    run, (_, history0) = ppo_run
     keys = jnp.stack([jax.random.key(0), jax.random.key(1)])
-    params_v, history_v = jax.jit(jax.vmap(partial(et.run_ppo, WORLD, PPO_CFG)))(keys)
+    _, history_v = jax.jit(jax.vmap(partial(et.run_ppo, WORLD, PPO_CFG)))(keys)
     _, history1 = run(jax.random.key(1))
     # Same keys, same samples, same trajectory up to float32 reduction order. Sampling makes
     # the dynamics chaotic (one flipped sample changes the rest of the run), so compare the
@@ -131,20 +131,20 @@ def test_dpo_population_loss_is_minimised_exactly_at_pi_star():
     """At pi*_beta the implicit reward beta log(pi*/pi_ref) = r - beta log Z, so each pair's
     loss is the BT cross-entropy of the true preference with itself: its entropy."""
     cfg = et.TabularDPOConfig(beta=0.3, population=True)
-    pairs = et.population_preference_pairs(WORLD)
-    np.testing.assert_allclose(pairs.weights.sum(), 1.0, atol=1e-5)
+    weights = et.population_pair_weights(WORLD)  # [P, N, N]
+    np.testing.assert_allclose(weights.sum(), 1.0, atol=1e-5)
     star = tabular.init_tabular_from_logprobs(
         exact.optimal_policy(WORLD.logp_ref, WORLD.reward, cfg.beta), A, K)
-    ref = tabular.init_tabular_from_logprobs(WORLD.logp_ref, A, K)
-    loss, grads = jax.value_and_grad(et.preference_loss)(star, ref, WORLD, pairs, cfg)
+    loss, grads = jax.value_and_grad(et.grid_preference_loss)(star, WORLD, weights, cfg)
     s = np.asarray(jax.nn.sigmoid(WORLD.reward[:, :, None] - WORLD.reward[:, None, :]))
     pi = np.exp(np.asarray(WORLD.logp_ref, np.float64))
     entropy = -(s * np.log(s) + (1 - s) * np.log(1 - s))  # [P, N, N]
     expected = (pi[:, :, None] * pi[:, None, :] * entropy).sum() / P
     np.testing.assert_allclose(loss, expected, rtol=1e-4)
     assert np.abs(np.asarray(grads["logits"])).max() < 1e-5
-    loss_ref = et.preference_loss(ref, ref, WORLD, pairs, cfg)
-    np.testing.assert_allclose(loss_ref, np.log(2.0), rtol=1e-5)
+    ref = tabular.init_tabular_from_logprobs(WORLD.logp_ref, A, K)
+    np.testing.assert_allclose(et.grid_preference_loss(ref, WORLD, weights, cfg), np.log(2.0),
+                               rtol=1e-5)
 
 
 def _dpo_kl_drop(cfg, key):
@@ -193,17 +193,30 @@ def test_configs_reject_bad_values():
         et.TabularPPOConfig(batch_size=63)
 
 
-def test_empirical_pair_grid_is_the_same_loss_as_the_raw_dataset():
-    cfg = et.TabularDPOConfig(beta=0.3)
+def test_ipo_population_converges_to_its_own_optimum_not_pi_star():
+    cfg = et.TabularDPOConfig(beta=0.3, population=True, loss_type="ipo")
+    params, _ = jax.jit(partial(et.run_dpo, WORLD, cfg))(jax.random.key(0))
+    logp = tabular.all_sequence_logprobs(params)
+    logp_ipo = exact.ipo_optimal_policy(WORLD.logp_ref, WORLD.reward, cfg.beta)
+    logp_star = exact.optimal_policy(WORLD.logp_ref, WORLD.reward, cfg.beta)
+    assert float(exact.kl(logp, logp_ipo).mean()) < 1e-4
+    assert float(exact.kl(logp, logp_star).mean()) > 0.05
+
+
+@pytest.mark.parametrize("loss_type", ["dpo", "ipo"])
+def test_grid_loss_on_empirical_weights_equals_the_loss_on_the_raw_dataset(loss_type):
+    cfg = et.TabularDPOConfig(beta=0.3, loss_type=loss_type)
     raw = et.sample_preference_pairs(WORLD, 50000, jax.random.key(3))
-    grid = et.empirical_preference_pairs(raw, P, A**K)
+    weights = et.empirical_pair_weights(raw, P, A**K)
     params = tabular.init_tabular(jax.random.key(4), P, A, K, scale=1.0)
     ref = tabular.init_tabular_from_logprobs(WORLD.logp_ref, A, K)
-    np.testing.assert_allclose(et.preference_loss(params, ref, WORLD, raw, cfg),
-                               et.preference_loss(params, ref, WORLD, grid, cfg), rtol=1e-5)
+    loss_raw, grad_raw = jax.value_and_grad(et.preference_loss)(params, ref, WORLD, raw, cfg)
+    loss_grid, grad_grid = jax.value_and_grad(et.grid_preference_loss)(params, WORLD, weights, cfg)
+    np.testing.assert_allclose(loss_raw, loss_grid, rtol=1e-5)
+    np.testing.assert_allclose(grad_raw["logits"], grad_grid["logits"], rtol=1e-3, atol=1e-6)
     # and the sampled frequencies approach the population pair distribution
-    population = et.population_preference_pairs(WORLD)
-    assert np.abs(np.asarray(grid.weights - population.weights)).max() < 3e-3
+    population = et.population_pair_weights(WORLD)
+    assert np.abs(np.asarray(weights - population)).max() < 3e-3
 
 
 # ----------------------------------------------------------------------------- IPO vs DPO

@@ -203,6 +203,22 @@ def optimal_policy(logp_ref: jax.Array, reward: jax.Array, beta) -> jax.Array:
     return jax.nn.log_softmax(logp_ref + reward / beta, axis=-1)  # Rafailov et al. eq. 4
 
 
+def ipo_optimal_policy(logp_ref: jax.Array, reward: jax.Array, beta, logp_mu=None):
+    """IPO's population optimum for Bradley-Terry preferences (Azar et al. 2023, sec. 5):
+
+        pi_IPO(y) ∝ pi_ref(y) exp( p(y > mu) / beta ),   p(y > mu) = E_{y' ~ mu} sigma(r(y) - r(y'))
+
+    where mu is the policy the preference pairs were sampled from (default pi_ref). IPO
+    maximises the preference *probability* against mu, not the BT reward, so this is not
+    pi*_beta: it is bounded (p in [0, 1]) and stays close to pi_ref where DPO would not.
+    logp_ref, reward: [P, N]; logp_mu: [P, N] or None. Returns log pi_IPO [P, N].
+    """
+    logp_mu = logp_ref if logp_mu is None else logp_mu
+    win = jax.nn.sigmoid(reward[:, :, None] - reward[:, None, :])  # [P, N, N] P(y_i > y_j)
+    p_beats_mu = jnp.einsum("pij,pj->pi", win, jnp.exp(logp_mu))  # [P, N]
+    return jax.nn.log_softmax(logp_ref + p_beats_mu / beta, axis=-1)
+
+
 def optimal_frontier(logp_ref: jax.Array, reward: jax.Array, betas: jax.Array):
     """The reward-vs-KL Pareto frontier traced by pi*_beta for each beta in `betas`.
 

@@ -1,0 +1,123 @@
+"""Lesson 07, experiment 4: SFT, best-of-n, PPO, DPO and IPO on the capitals world, side by side.
+
+All methods start from the same pi_ref (the SFT checkpoint) and use the same preference data
+(lesson 04's train pairs): PPO and best-of-n through the reward model fitted to them, DPO and
+IPO directly. Each trained method is rerun for every seed (seed of its batch order / rollouts,
+and of the evaluation samples), timed on this machine, then measured by
+
+* gold accuracy of temperature-1 samples on the train / held-out / OOD prompts,
+* KL(pi || pi_ref): the sampled k1 estimate E_{y ~ pi}[log pi(y|x) - log pi_ref(y|x)] of the
+  sequence KL (train prompts). For best-of-n we print the bound log n - (n-1)/n instead (the
+  best-of-n policy has no tractable log-prob; the bound is exact for continuous rewards).
+
+The transformer runs do not vmap over seeds (each one is a Python loop of jitted steps with
+host-side decoding); the seeds run one after another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import numpy as np
+
+from minirlhf import dpo_train, rlhf
+from minirlhf.evaluation import sample_answers
+from minirlhf.pretrain import ensure_tokenizer
+from minirlhf.reward import ensure_reward_model
+from minirlhf.reward_data import ensure_preferences
+from minirlhf.sft import ensure_sft_model
+from minirlhf.worlds.capitals import split_prompts
+from minirlhf.worlds.exact import best_of_n_kl_bound
+
+SPLITS = ("train", "heldout", "ood")
+COLUMNS = ("acc/train", "acc/heldout", "acc/ood", "kl", "time_s")
+
+
+@dataclasses.dataclass(frozen=True)
+class CapitalsCompareConfig:
+    seeds: tuple = (0, 1, 2)
+    """Seeds of each trained method (>= 3 for a spread)."""
+    n_eval: int = 4
+    """Temperature-1 answers per prompt for the gold accuracy and the KL estimate."""
+    bon_n: int = 8
+    """n of best-of-n (samples from pi_ref = SFT, pick the highest reward-model score)."""
+    ppo: rlhf.PPOConfig = rlhf.PPOConfig(n_iterations=20)
+    """PPO run (reduced from lesson 05's default to fit lesson 07's time budget)."""
+    dpo: dpo_train.DPOConfig = dpo_train.DPOConfig()
+    """DPO run (lesson 06's default); IPO uses the same with loss_type="ipo"."""
+
+    @classmethod
+    def smoke(cls) -> "CapitalsCompareConfig":
+        return cls(seeds=(0, 1), n_eval=1, bon_n=2, ppo=rlhf.PPOConfig.smoke(),
+                   dpo=dpo_train.DPOConfig.smoke())
+
+
+def _evaluate(params, ref_params, model_cfg, tok, splits, key, n_eval) -> dict:
+    out = rlhf.evaluate_policy(params, ref_params, model_cfg, tok, splits, key, n_eval)
+    return {**{f"acc/{s}": out[s]["gold/accuracy"] for s in SPLITS}, "kl": out["train"]["kl"]}
+
+
+def best_of_n_accuracy(params, rm_params, model_cfg, tok, prompts, key, n: int, n_eval: int):
+    """Gold accuracy of best-of-n: n_eval picks per prompt, each the answer with the highest
+    reward-model score among n samples of pi_ref."""
+    samples = sample_answers(params, model_cfg, tok, prompts, key, n * n_eval)
+    gen = samples.generation
+    scores = np.asarray(rlhf.reward_model_score(rm_params, gen.tokens, gen.attention_mask,
+                                                gen.response_mask, model_cfg))
+    scores = scores.reshape(len(prompts), n_eval, n)  # rows are prompt-major
+    best = scores.argmax(-1)  # [prompts, n_eval]
+    correct = samples.correct.reshape(len(prompts), n_eval, n)
+    return float(np.take_along_axis(correct, best[..., None], -1).mean())
+
+
+def capitals_table(smoke: bool, cfg: CapitalsCompareConfig, quiet: bool = True) -> dict:
+    """{method: {column: [len(seeds)] numpy}} for SFT, best-of-n, PPO, DPO, IPO (COLUMNS)."""
+    tok, (sft_params, model_cfg) = ensure_tokenizer(smoke), ensure_sft_model(smoke)
+    rm_params, _ = ensure_reward_model(smoke)
+    splits = {s: split_prompts(s) for s in SPLITS}
+    arrays = dpo_train.with_reference_logps(
+        dpo_train.load_pair_arrays(tok, ensure_preferences(smoke)["train"], model_cfg),
+        sft_params, model_cfg)
+    rows: dict = {}
+
+    def add(method, metrics):
+        for k, v in metrics.items():
+            rows.setdefault(method, {}).setdefault(k, []).append(v)
+
+    for seed in cfg.seeds:
+        key = jax.random.PRNGKey(1000 + seed)
+        add("sft", {**_evaluate(sft_params, sft_params, model_cfg, tok, splits, key, cfg.n_eval),
+                    "time_s": 0.0})
+        t0 = time.perf_counter()
+        bon = {f"acc/{s}": best_of_n_accuracy(sft_params, rm_params, model_cfg, tok, splits[s],
+                                              jax.random.fold_in(key, i), cfg.bon_n, cfg.n_eval)
+               for i, s in enumerate(SPLITS)}
+        add(f"best-of-{cfg.bon_n}", {**bon, "kl": best_of_n_kl_bound(cfg.bon_n),
+                                     "time_s": time.perf_counter() - t0})
+        t0 = time.perf_counter()
+        state, _ = rlhf.train_ppo(sft_params, sft_params, rm_params, model_cfg, tok,
+                                  dataclasses.replace(cfg.ppo, seed=seed), quiet=quiet)
+        elapsed = time.perf_counter() - t0
+        add("ppo", {**_evaluate(state.train_state.params["policy"], sft_params, model_cfg, tok,
+                                splits, key, cfg.n_eval), "time_s": elapsed})
+        for loss_type in ("dpo", "ipo"):
+            t0 = time.perf_counter()
+            params, _ = dpo_train.train_dpo(
+                sft_params, arrays, model_cfg,
+                dataclasses.replace(cfg.dpo, seed=seed, loss_type=loss_type), quiet=quiet)
+            elapsed = time.perf_counter() - t0
+            add(loss_type, {**_evaluate(params, sft_params, model_cfg, tok, splits, key,
+                                        cfg.n_eval), "time_s": elapsed})
+    return {m: {k: np.array(v) for k, v in cols.items()} for m, cols in rows.items()}
+
+
+def markdown_table(rows: dict) -> str:
+    """A markdown table of mean ± std over seeds for each method and column."""
+    head = "| method | " + " | ".join(COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    for method, cols in rows.items():
+        cells = [f"{cols[c].mean():.3f} ± {cols[c].std():.3f}" for c in COLUMNS]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
