@@ -183,28 +183,24 @@ print(f"held-out gold accuracy: SFT {results['SFT heldout']['gold/accuracy']:.3f
 # %% [markdown]
 # ## 6. The role of beta
 #
-# Same run, three values of beta.  Too small: nothing holds the policy near pi_ref, the KL
-# grows fast, and the policy is free to exploit the reward model's mistakes (if it finds
-# some, the learned reward keeps rising while the gold reward stalls or falls: reward
-# hacking, Gao et al. 2023).  Too large: the penalty dominates and the policy barely moves.
-# The runs share one compilation (beta is part of the state, not of the compiled code).
+# Two more runs, at a 3x larger learning rate (1e-4) so that 30 iterations are enough to
+# travel far: beta = 0 and beta = 1.  With beta = 0 nothing holds the policy near pi_ref,
+# the KL grows fast, and the policy is free to exploit the reward model's mistakes: if it
+# finds some, the learned reward keeps rising while the gold reward stalls or falls (reward
+# hacking, Gao et al. 2023).  With beta = 1 the penalty dominates and the policy barely moves.
 #
-# What we saw while tuning (not rerun here, to keep the lesson within its time budget): with a
-# learning rate 3x larger (1e-4) and the same beta = 0.05, the KL passed ~1.3 nats within
-# 10 iterations and the policy then found the reward model's blind spot.  By iteration 30
-# r_phi had risen from 0.06 to 0.86 while the gold reward fell from 0.84 to -0.08 (gold
-# accuracy on the rollouts 0.75 -> 0.36, KL 6.4 nats): it answered "The capital of Spain is
-# Madrid." to most questions, whatever the country.  The reward model had learned that this
-# sentence is often a good answer, not that it must match the question.
+# While tuning we saw the hacking clearly (beta = 0.05, lr 1e-4, on an earlier reward
+# model): r_phi rose from 0.06 to 0.86 while the gold reward fell from 0.84 to -0.08 and the
+# policy answered "The capital of Spain is Madrid." to most questions, whatever the country.
+# The printout below says whether this run reproduces it, from its own numbers.
 
 # %%
-SWEEP = (0.0, cfg.kl.init_beta, 1.0)
-sweep = {cfg.kl.init_beta: history}
+SWEEP_LR = 1e-4
+SWEEP = (0.0, 1.0)
+sweep = {}
 for beta in SWEEP:
-    if beta not in sweep:
-        sweep_cfg = rlhf.PPOConfig(**{**cfg.__dict__, "kl": ppo.KLControllerConfig(init_beta=beta)})
-        sweep[beta] = rlhf.train_ppo(ref_params, ref_params, rm_params, model_cfg, tok, sweep_cfg,
-                                     quiet=True)[1]
+    sweep_cfg = rlhf.PPOConfig(**{**cfg.__dict__, "lr": SWEEP_LR, "kl": ppo.KLControllerConfig(init_beta=beta)})
+    sweep[beta] = rlhf.train_ppo(ref_params, ref_params, rm_params, model_cfg, tok, sweep_cfg, quiet=True)[1]
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
 for beta in SWEEP:
     h = sweep[beta]
@@ -215,7 +211,7 @@ for ax, label in zip(axes, ("learned reward r_phi (normalised units)", "gold rew
     ax.set(xlabel="PPO iteration", ylabel=label)
     ax.grid(alpha=0.3)
 axes[0].legend()
-fig.suptitle("beta sweep (rollout samples of each iteration)")
+fig.suptitle(f"beta sweep at lr {SWEEP_LR} (rollout samples of each iteration)")
 fig.tight_layout()
 fig.savefig(FIGURES / "05_beta_sweep.png", dpi=120)
 tail = slice(-max(len(its) // 5, 1), None)                   # mean of the last 20% of iterations

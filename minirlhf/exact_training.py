@@ -57,13 +57,13 @@ def _adam(learning_rate, total_steps: int, anneal: bool):
 class TabularPPOConfig:
     beta: float = 0.3
     """Fixed KL coefficient of the per-token penalty (the target is pi*_beta)."""
-    n_iterations: int = 100
+    n_iterations: int = 200
     """Rollout + update iterations."""
-    batch_size: int = 64
+    batch_size: int = 256
     """Rollouts per iteration (prompts assigned round-robin)."""
-    update: ppo.PPOUpdateConfig = field(default_factory=lambda: ppo.PPOUpdateConfig(4, 2))
+    update: ppo.PPOUpdateConfig = field(default_factory=lambda: ppo.PPOUpdateConfig(4, 4))
     """Epochs x minibatches per rollout batch."""
-    learning_rate: float = 0.1
+    learning_rate: float = 0.03
     """Adam step size for the logits and value tables."""
     anneal_lr: bool = True
     """Linearly decay the step size to 0 (removes the stochastic-gradient noise floor)."""

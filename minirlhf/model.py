@@ -53,16 +53,18 @@ class GPTConfig:
     attention: str = "explicit"
     """"explicit" (scores, mask, softmax written out) or "fused" (jax.nn.dot_product_attention)."""
     compute_dtype: str = "float32"
-    """dtype of matmuls/activations: "float32" or "bfloat16" (params stay float32; softmax,
-    LayerNorm statistics and log-probs are always computed in float32)."""
+    """dtype of matmuls/activations: "float32", "bfloat16" (mixed precision: params stay float32;
+    softmax, LayerNorm statistics, logits and log-probs are computed in at least float32), or
+    "float64" (for gradient checks; needs `jax.experimental.enable_x64`)."""
 
     def __post_init__(self):
         if self.d_model % self.n_head:
             raise ValueError(f"GPTConfig: d_model={self.d_model} is not divisible by n_head={self.n_head}")
         if self.attention not in ("explicit", "fused"):
             raise ValueError(f"GPTConfig.attention: expected 'explicit' or 'fused', got {self.attention!r}")
-        if self.compute_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"GPTConfig.compute_dtype: expected 'float32' or 'bfloat16', got {self.compute_dtype!r}")
+        if self.compute_dtype not in ("float32", "bfloat16", "float64"):
+            raise ValueError("GPTConfig.compute_dtype: expected 'float32', 'bfloat16' or 'float64', "
+                             f"got {self.compute_dtype!r}")
 
     @property
     def d_head(self) -> int:
@@ -105,9 +107,14 @@ def count_params(params) -> int:
 
 # ----------------------------------------------------------------------------- layers
 
+def at_least_f32(x):
+    """bf16 -> fp32; fp32 and fp64 unchanged: reductions never run in bf16."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def layer_norm(x, p, eps: float = 1e-5):
-    """LN(x) = g * (x - mean) / sqrt(var + eps) + b over the last axis (stats in float32)."""
-    x32 = x.astype(jnp.float32)
+    """LN(x) = g * (x - mean) / sqrt(var + eps) + b over the last axis (stats in >= float32)."""
+    x32 = at_least_f32(x)
     mean = x32.mean(-1, keepdims=True)
     var = ((x32 - mean) ** 2).mean(-1, keepdims=True)
     return ((x32 - mean) * jax.lax.rsqrt(var + eps) * p["g"] + p["b"]).astype(x.dtype)
@@ -132,7 +139,7 @@ def attend(q, k, v, allowed, cfg: GPTConfig):
     if cfg.attention == "fused":
         return jax.nn.dot_product_attention(q, k, v, mask=allowed)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k,
-                        preferred_element_type=jnp.float32)               # [B, H, Tq, Tk] fp32
+                        preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))  # [B, H, Tq, Tk]
     scores = scores / math.sqrt(q.shape[-1])
     scores = jnp.where(allowed, scores, NEG_INF)                          # causal + padding mask
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)            # [B, H, Tq, Tk]
@@ -200,7 +207,7 @@ def forward(params: dict, tokens, attention_mask, cfg: GPTConfig) -> ForwardOut:
         return block(x, p, allowed, cfg)
 
     x, kv = jax.lax.scan(layer, x, params["blocks"])                        # over L layers
-    h = layer_norm(x.astype(jnp.float32), params["ln_f"])                  # fp32 from here on
+    h = layer_norm(at_least_f32(x), params["ln_f"])                        # >= fp32 from here on
     logits = jnp.einsum("btd,vd->btv", h, params["wte"])                    # [B, T, V]
     return ForwardOut(logits, h, kv)
 
@@ -213,7 +220,7 @@ def token_logprobs(logits, tokens, temperature: float = 1.0):
     The log-prob is aligned with the token it scores (see the package conventions).
     logits: [B, T, V], tokens: [B, T] -> [B, T] float32.
     """
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32) / temperature, axis=-1)  # [B, T-1, V]
+    logp = jax.nn.log_softmax(at_least_f32(logits[:, :-1]) / temperature, axis=-1)  # [B, T-1, V]
     picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]            # [B, T-1]
     return jnp.pad(picked, ((0, 0), (1, 0)))                                              # [B, T]
 
@@ -252,11 +259,11 @@ def last_token_index(attention_mask):
 
 def scalar_head(head, hidden):
     """s[b, t] = w . h[b, t] + b  -> [B, T] (the value head V(s_t))."""
-    return hidden.astype(jnp.float32) @ head["w"] + head["b"]
+    return at_least_f32(hidden) @ head["w"] + head["b"]
 
 
 def reward_from_hidden(head, hidden, attention_mask):
     """r(x, y) = w . h_last + b, read at the last non-pad token (the eos when there is one). -> [B]"""
     idx = last_token_index(attention_mask)                                  # [B]
     h_last = jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]  # [B, D]
-    return h_last.astype(jnp.float32) @ head["w"] + head["b"]
+    return at_least_f32(h_last) @ head["w"] + head["b"]

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from minirlhf.model import (GPTConfig, attend, forward, layer_norm, mlp, out_proj,
+from minirlhf.model import (GPTConfig, at_least_f32, attend, forward, layer_norm, mlp, out_proj,
                             positions_from_mask, qkv_proj)
 
 PAD_ID, EOS_ID = 0, 2
@@ -78,7 +78,7 @@ def decode_step(params, token, pos, col, cache, key_mask, cfg: GPTConfig):
         return x, (k_cache, v_cache)
 
     x, cache = jax.lax.scan(layer, x, (params["blocks"], *cache))
-    h = layer_norm(x[:, 0].astype(jnp.float32), params["ln_f"])               # [B, D] fp32
+    h = layer_norm(at_least_f32(x[:, 0]), params["ln_f"])               # [B, D] fp32
     return h @ params["wte"].T, h, cache                                       # [B, V]
 
 

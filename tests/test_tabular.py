@@ -84,7 +84,7 @@ def test_sampling_matches_the_exact_distribution():
 # ----------------------------------------------------------------------------- PPO
 
 
-PPO_CFG = et.TabularPPOConfig(beta=0.1, n_iterations=100)
+PPO_CFG = et.TabularPPOConfig(beta=0.1)
 
 
 @pytest.fixture(scope="module")
