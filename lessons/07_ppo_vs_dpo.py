@@ -109,9 +109,9 @@ plt.close(fig)
 # **Figure 07_frontier.png.** Exact expected gold reward against exact KL to $\pi_{ref}$ for PPO,
 # DPO and IPO at several $\beta$ (error bars: std over seeds) and best-of-$n$ for
 # $n = 1, 2, 4, \ldots$; the black curve is the optimum $\pi^*_\beta$ for all $\beta$. Nothing lies
-# above it. Best-of-$n$ hugs it at small KL (it is nearly optimal for its KL, a known result);
-# DPO/IPO trained on a finite sample of pairs lose reward to label noise, PPO to its finite
-# iteration budget.
+# above it. PPO, given the gold reward itself, lands on it; best-of-$n$ stays close (it is nearly
+# optimal for its KL, a known result); DPO/IPO trained on a finite sample of noisy pairs lose
+# reward at their KL (they fit the label noise).
 #
 # ### Seeds in one compiled call
 # `jax.vmap` over the PRNG key turns S runs into one program with a batch axis. We time PPO once
@@ -197,17 +197,20 @@ fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
 for ax, (kind, form) in zip(axes, (("ppo", "rl"), ("bon", "bon"))):
     h = over[kind]
     d = np.sqrt(np.maximum(h["kl"], 0.0))
+    twin = ax.twinx()  # the proxy lives on the rater's sharper scale (1 / rater_temperature)
     for s in range(N_SEEDS):
-        ax.plot(d[s], h["gold"][s] - h["gold"][s, 0], "-", color="C0", alpha=0.6,
-                label="gold gain" if s == 0 else None)
-        ax.plot(d[s], h["proxy"][s] - h["proxy"][s, 0], "--", color="C1", alpha=0.6,
-                label="proxy gain" if s == 0 else None)
+        ax.plot(d[s], h["gold"][s] - h["gold"][s, 0], "-", color="C0", alpha=0.7,
+                label="gold gain (left axis)" if s == 0 else None)
+        twin.plot(d[s], h["proxy"][s] - h["proxy"][s, 0], "--", color="C1", alpha=0.6,
+                  label="proxy gain (right axis)" if s == 0 else None)
     grid = np.linspace(1e-3, d.max(), 100)
     a, b, _ = fits[kind]
     fit = grid * (a - b * (np.log(grid) if form == "rl" else grid))
     ax.plot(grid, fit, "k:", label=f"fit d(a - b {'log d' if form == 'rl' else 'd'})")
     ax.set_xlabel(r"d = $\sqrt{KL(\pi\,\|\,\pi_{ref})}$ [$\sqrt{nats}$]")
-    ax.set_ylabel("reward gain over $\\pi_{ref}$ [reward units]")
+    ax.set_ylabel("gold reward gain over $\\pi_{ref}$ [match fraction]")
+    twin.set_ylabel("proxy reward gain over $\\pi_{ref}$ [proxy units]")
+    twin.legend(fontsize=8, loc="lower right")
     ax.set_title("PPO vs proxy (iterations)" if kind == "ppo" else "best-of-n vs proxy (n)")
     ax.legend(fontsize=8)
 fig.tight_layout()
@@ -216,9 +219,10 @@ plt.close(fig)
 
 # %% [markdown]
 # **Figure 07_overoptimisation.png.** Gain of the proxy reward (dashed) and of the gold reward
-# (solid) over $\pi_{ref}$ against $d=\sqrt{KL}$, one line per seed; left: PPO over iterations,
-# right: best-of-$n$ over $n$; dotted: least-squares fit of Gao et al.'s form to the gold gain.
-# The proxy keeps rising; the gold reward rises and then falls in most seeds.
+# (solid, left axis) over $\pi_{ref}$ against $d=\sqrt{KL}$, one line per seed; left panel: PPO
+# over iterations, right panel: best-of-$n$ over $n$; dotted: least-squares fit of Gao et al.'s
+# form to the gold gain. The proxy keeps rising; the gold gain flattens and turns down at the
+# largest d (peak vs end printed above) -- a mild version of Gao et al.'s curves.
 #
 # ## 4. The capitals world
 #
@@ -233,7 +237,29 @@ print(markdown_table(table))
 
 # %% [markdown]
 # ## Verdict
-# Printed from the numbers above (see the lesson's README section for the discussion).
+#
+# The cell below prints the verdict's numbers from this run. What they said when this lesson was
+# written (full config, seeds 0-2, exact world P=4, N=64):
+#
+# * **Frontier.** PPO given the gold reward (a perfect reward model) lands on the optimum
+#   (gap <= 0.006 at every beta): the optimisation itself is not PPO's problem. DPO and IPO
+#   trained on 1024 noisy Bradley-Terry pairs per prompt sit 0.01-0.24 below the frontier at
+#   their own KL, and DPO overshoots its KL target at small beta (it fits the label noise:
+#   the finite-data failure that IPO's bounded target softens at large beta). Best-of-n is
+#   within 0.03-0.065 of the frontier, and its exact KL is below log n - (n-1)/n (0.0007
+#   below at n=2, 0.04 at n=256: the bound assumes a continuum of rewards).
+# * **Out-of-distribution data.** On the same 64 pairs per prompt (covering 8 of 64 responses),
+#   DPO keeps 0.35 of its mass on responses no pair mentions, PPO on a reward model fitted to
+#   those pairs 0.14 (pi_ref: 0.87). SFT on the chosen responses first, then DPO against that
+#   SFT reference, drops it to 0.06 and had the best gold reward (0.43 vs DPO's 0.33, spreads
+#   ~0.1). Online DPO with only 64 fresh pairs per round did not raise the gold reward here.
+# * **Overoptimisation.** Against a proxy fitted on 32 pairs per prompt, the proxy gain keeps
+#   rising while the gold gain peaks and then falls, for PPO and for best-of-n; Gao et al.'s
+#   forms fit loosely on so few, noisy seeds (R^2 0.37 for PPO, 0.72 for best-of-n).
+# * **So which is better?** In these toys, neither by nature: PPO is the better optimiser of a
+#   given reward, and DPO is only as good as its data is on-distribution for pi_ref; fix the
+#   data (SFT on chosen, on-policy pairs) and the gap shrinks. The capitals table is the noisy
+#   real-model check: read its spreads before its means.
 
 # %%
 best_acc = max(table, key=lambda m: table[m]["acc/heldout"].mean())

@@ -56,6 +56,9 @@ def load_checkpoint(path):
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise ValueError(f"checkpoint {path}: field 'format' expected {FORMAT!r}, got {got!r}")
+    missing = {"config", "params", "meta"} - set(doc)
+    if missing:
+        raise ValueError(f"checkpoint {path}: missing field(s) {sorted(missing)}")
     fields = {f.name for f in dataclasses.fields(GPTConfig)}
     unknown = set(doc["config"]) - fields
     if unknown:

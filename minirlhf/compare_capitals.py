@@ -50,7 +50,7 @@ class CapitalsCompareConfig:
 
     @classmethod
     def smoke(cls) -> "CapitalsCompareConfig":
-        return cls(seeds=(0, 1), n_eval=1, bon_n=2, ppo=rlhf.PPOConfig.smoke(),
+        return cls(seeds=(0,), n_eval=1, bon_n=2, ppo=rlhf.PPOConfig.smoke(),
                    dpo=dpo_train.DPOConfig.smoke())
 
 

@@ -43,7 +43,7 @@ def sample_token(key, logits, temperature: float, top_k: int):
     log-prob is under the distribution actually sampled from (temperature-scaled, top-k
     renormalised); for greedy decoding it is the log-prob at temperature 1.
     """
-    logits = logits.astype(jnp.float32)
+    logits = at_least_f32(logits)
     if temperature == 0.0:
         token = jnp.argmax(logits, axis=-1)
         logp = jax.nn.log_softmax(logits, axis=-1)
@@ -87,7 +87,8 @@ def generate(params, prompt_tokens, prompt_mask, key, *, cfg: GPTConfig, max_new
              temperature: float = 1.0, top_k: int = 0) -> Generation:
     """Sample up to `max_new_tokens` tokens per prompt with a KV cache inside `lax.scan`.
 
-    prompt_tokens, prompt_mask: [B, P] LEFT-padded (`<bos> prompt`); key: PRNG key (required).
+    prompt_tokens, prompt_mask: [B, P] LEFT-padded (`<bos> prompt`; the last column must be a real
+    token of every row, since its logits give the first sampled token); key: PRNG key (required).
     """
     B, P = prompt_tokens.shape
     N, S = max_new_tokens, prompt_tokens.shape[1] + max_new_tokens

@@ -3,6 +3,8 @@ of full forward passes, empirical token frequencies against softmax(logits / T) 
 returned log-probs against `token_logprobs` of a fresh forward pass, the cached sampler
 against the uncached one, and the structure of the eos / padding layout."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -227,6 +229,21 @@ def test_returned_logprobs_equal_forward_token_logprobs(temperature):
     expected = model.token_logprobs(logits, gen.tokens, temperature) * gen.response_mask
     np.testing.assert_allclose(gen.logprobs, expected, atol=2e-5)
     assert assert_layout(gen, 5, 8).min() < 8                    # the eos path was exercised
+
+
+def test_float64_generation_logprobs_match_forward_to_1e_10():
+    """Under x64 with compute_dtype="float64" the sampler's log-probs are float64 and agree with
+    a fresh forward pass to 1e-10 (e.g. so a float64 PPO test sees ratio = 1 at the start)."""
+    with jax.enable_x64(True):
+        cfg = dataclasses.replace(CFG, compute_dtype="float64")
+        params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), make_params(16))
+        prompt, pmask = prompt_batch()
+        gen = generate(params, prompt, pmask, jax.random.PRNGKey(17), cfg=cfg, max_new_tokens=4,
+                       temperature=0.7)
+        logits = forward(params, gen.tokens, gen.attention_mask, cfg).logits
+        expected = model.token_logprobs(logits, gen.tokens, 0.7) * gen.response_mask
+        assert gen.logprobs.dtype == jnp.float64
+        np.testing.assert_allclose(gen.logprobs, expected, atol=1e-10)
 
 
 @pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.8, 5)])

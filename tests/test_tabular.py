@@ -98,9 +98,9 @@ def test_ppo_converges_to_the_kl_regularised_optimum(ppo_run):
     logp_star = exact.optimal_policy(WORLD.logp_ref, WORLD.reward, PPO_CFG.beta)
     kl_before = float(exact.kl(WORLD.logp_ref, logp_star).mean())
     kl_after = float(exact.kl(tabular.all_sequence_logprobs(params), logp_star).mean())
-    print(f"PPO: KL(pi || pi*) {kl_before:.4f} -> {kl_after:.5f}")
-    assert kl_after < kl_before / 10
-    np.testing.assert_allclose(history["exact/kl_to_optimum"][-1], kl_after, rtol=1e-4)
+    print(f"PPO: KL(pi || pi*) {kl_before:.4f} -> {kl_after:.2e}")
+    assert kl_after < kl_before / 100
+    np.testing.assert_allclose(history["exact/kl_to_optimum"][-1], kl_after, rtol=1e-3, atol=1e-5)
     r_star = float(exact.expected_reward(logp_star, WORLD.reward).mean())
     r_ref = float(exact.expected_reward(WORLD.logp_ref, WORLD.reward).mean())
     assert abs(float(history["exact/expected_reward"][-1]) - r_star) < 0.05 * (r_star - r_ref)
