@@ -183,11 +183,12 @@ print(f"held-out gold accuracy: SFT {results['SFT heldout']['gold/accuracy']:.3f
 # %% [markdown]
 # ## 6. The role of beta
 #
-# Two more runs, at a 3x larger learning rate (1e-4) so that 30 iterations are enough to
-# travel far: beta = 0 and beta = 1.  With beta = 0 nothing holds the policy near pi_ref,
+# Two more runs at the same learning rate: beta = 0 and beta = 2 (the main run uses 0.5, a
+# value we picked by a small sweep on the gold reward, which real RLHF cannot see: there
+# one tunes beta on held-out human judgements).  With beta = 0 nothing holds the policy near pi_ref,
 # the KL grows fast, and the policy is free to exploit the reward model's mistakes: if it
 # finds some, the learned reward keeps rising while the gold reward stalls or falls (reward
-# hacking, Gao et al. 2023).  With beta = 1 the penalty dominates and the policy barely moves.
+# hacking, Gao et al. 2023).  With beta = 2 the penalty dominates and the policy barely moves.
 #
 # While tuning we saw the hacking clearly (beta = 0.05, lr 1e-4, on an earlier reward
 # model): r_phi rose from 0.06 to 0.86 while the gold reward fell from 0.84 to -0.08 and the
@@ -195,8 +196,8 @@ print(f"held-out gold accuracy: SFT {results['SFT heldout']['gold/accuracy']:.3f
 # The printout below says whether this run reproduces it, from its own numbers.
 
 # %%
-SWEEP_LR = 1e-4
-SWEEP = (0.0, 1.0)
+SWEEP_LR = cfg.lr
+SWEEP = (0.0, 2.0)
 sweep = {}
 for beta in SWEEP:
     sweep_cfg = rlhf.PPOConfig(**{**cfg.__dict__, "lr": SWEEP_LR, "kl": ppo.KLControllerConfig(init_beta=beta)})

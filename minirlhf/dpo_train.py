@@ -56,7 +56,7 @@ class DPOConfig:
     loss_type: str = "dpo"
     """"dpo" (Rafailov et al. 2023 eq. 7; with label_smoothing > 0: conservative DPO) or "ipo"
     (Azar et al. 2023 eq. 17)."""
-    beta: float = 0.1
+    beta: float = 0.2
     """KL strength: the implicit reward is beta * log pi_theta/pi_ref (tau in the IPO paper)."""
     label_smoothing: float = 0.0
     """cDPO epsilon in [0, 0.5): the assumed probability that a label is flipped (dpo only)."""
@@ -64,7 +64,7 @@ class DPOConfig:
     """Optimizer steps."""
     batch_size: int = 32
     """Preference pairs per step (2 * batch_size sequences per forward pass)."""
-    lr: float = 2e-4
+    lr: float = 1e-4
     """Peak AdamW learning rate (warmup, then cosine decay to 10%)."""
     warmup_steps: int = 10
     """Linear warmup steps of the learning rate."""

@@ -15,6 +15,10 @@ so on the exact world we can watch the exact KL(pi_theta || pi*_beta) fall to ~0
   temperature DPO's population optimum is exactly pi*_beta for the reward r (Rafailov et al.
   2023, sec. 4-5). Two data regimes: a sampled dataset, or the population (infinite-data)
   loss, an exact sum over all ordered pairs weighted by 2 pi_ref(i) pi_ref(j) sigmoid(r_i - r_j).
+  Finite data is a real limit: the sampled optimum only approximates pi*_beta, and with
+  far more response pairs than samples (the default 256-response world) full-batch DPO
+  overfits and moves away from pi*_beta. IPO with the same data converges to its own
+  optimum `exact.ipo_optimal_policy`, not to pi*_beta.
 
 Every run is one pure function of its PRNG key (a lax.scan over iterations), so
 `jax.jit(jax.vmap(partial(run_ppo, world, cfg)))(keys)` trains many seeds at once.
@@ -198,12 +202,14 @@ def sample_preference_pairs(world: ExactWorld, n_pairs_per_prompt: int, key) -> 
 
     Pairs with y1 == y2 are kept: their DPO gradient is exactly zero.
     """
-    P = world.reward.shape[0]
-    k1, k2, k_label = jax.random.split(key, 3)
+    P, N = world.reward.shape
+    k_pair, k_label = jax.random.split(key)
     prompt_ids = jnp.repeat(jnp.arange(P, dtype=jnp.int32), n_pairs_per_prompt)  # [M]
-    logits = world.logp_ref[prompt_ids]  # [M, N]
-    y1 = jax.random.categorical(k1, logits).astype(jnp.int32)
-    y2 = jax.random.categorical(k2, logits).astype(jnp.int32)
+    # inverse-CDF sampling: y = first index with F(y) > u, u ~ U[0, 1) (O(log N) per draw)
+    cdf = jnp.cumsum(jnp.exp(world.logp_ref), axis=-1)  # [P, N]
+    u = jax.random.uniform(k_pair, (2, P, n_pairs_per_prompt))
+    draws = jax.vmap(jax.vmap(partial(jnp.searchsorted, side="right")), (None, 0))(cdf, u)
+    y1, y2 = (jnp.minimum(d, N - 1).reshape(-1).astype(jnp.int32) for d in draws)  # [M] each
     p_y1_wins = jax.nn.sigmoid(world.reward[prompt_ids, y1] - world.reward[prompt_ids, y2])
     y1_wins = jax.random.bernoulli(k_label, p_y1_wins)
     return PreferencePairs(prompt_ids, jnp.where(y1_wins, y1, y2), jnp.where(y1_wins, y2, y1))
@@ -309,7 +315,7 @@ def run_dpo(world: ExactWorld, cfg: TabularDPOConfig, key: jax.Array):
 
 
 def deterministic_preference_toy(cfg: TabularDPOConfig, pairs: jax.Array, logp_ref: jax.Array):
-    """Azar et al. 2023 (sec. 4.2 / 5.1): DPO vs IPO when preferences are deterministic.
+    """Azar et al. 2023 (sec. 4.2): DPO vs IPO when preferences are deterministic.
 
     One prompt, n responses, a categorical policy (the tabular policy with K = 1), trained
     full-batch on `pairs` [M, 2] of (winner, loser) indices that always come out the same way.

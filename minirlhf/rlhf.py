@@ -75,11 +75,11 @@ class PPOConfig:
     often (a shuffled tiling of all of them)."""
     update: ppo.PPOUpdateConfig = ppo.PPOUpdateConfig(n_epochs=2, n_minibatches=4)
     """Epochs x minibatches of gradient steps per rollout batch (B must divide evenly)."""
-    lr: float = 3e-5
+    lr: float = 1e-4
     """Adam step size (constant) for the policy and the value function."""
     max_grad_norm: float = 1.0
     """Global gradient-norm clip before Adam."""
-    kl: ppo.KLControllerConfig = ppo.KLControllerConfig(init_beta=0.05, adaptive=False,
+    kl: ppo.KLControllerConfig = ppo.KLControllerConfig(init_beta=0.5, adaptive=False,
                                                         target=2.0, horizon=2000.0)
     """beta of the KL penalty: fixed (adaptive=False, the default) or Ziegler et al.'s
     controller steering the per-response KL to `target` nats."""

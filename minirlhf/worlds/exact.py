@@ -204,7 +204,8 @@ def optimal_policy(logp_ref: jax.Array, reward: jax.Array, beta) -> jax.Array:
 
 
 def ipo_optimal_policy(logp_ref: jax.Array, reward: jax.Array, beta, logp_mu=None):
-    """IPO's population optimum for Bradley-Terry preferences (Azar et al. 2023, sec. 5):
+    """IPO's population optimum for Bradley-Terry preferences (Azar et al. 2023: the PsiPO
+    optimum of sec. 4 with Psi = identity, which IPO's loss attains, sec. 5):
 
         pi_IPO(y) ∝ pi_ref(y) exp( p(y > mu) / beta ),   p(y > mu) = E_{y' ~ mu} sigma(r(y) - r(y'))
 
@@ -263,9 +264,10 @@ def best_of_n_logprobs(logp_ref: jax.Array, reward: jax.Array, n: int) -> jax.Ar
 def best_of_n_kl_bound(n: int) -> float:
     """KL(best-of-n || pi_ref) <= log n - (n - 1) / n.
 
-    The formula is often quoted as the exact KL (e.g. Stiennon et al. 2020, appendix;
-    Hilton & Gao); it is exact in the continuous limit and an upper bound for discrete
-    pi_ref (Beirami et al. 2024, "Theoretical guarantees on the best-of-n alignment policy").
+    The formula is often quoted as the exact KL (e.g. Gao, Schulman & Hilton 2022, "Scaling
+    laws for reward model overoptimization"); it is exact when no response has noticeable
+    mass and an upper bound for discrete pi_ref (Beirami et al. 2024, "Theoretical
+    guarantees on the best-of-n alignment policy").
     """
     if n < 1:
         raise ValueError(f"worlds/exact.py best_of_n_kl_bound: n must be >= 1, got {n}")
