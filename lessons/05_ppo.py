@@ -190,10 +190,9 @@ print(f"held-out gold accuracy: SFT {results['SFT heldout']['gold/accuracy']:.3f
 # finds some, the learned reward keeps rising while the gold reward stalls or falls (reward
 # hacking, Gao et al. 2023).  With beta = 2 the penalty dominates and the policy barely moves.
 #
-# While tuning we saw the hacking clearly (beta = 0.05, lr 1e-4, on an earlier reward
-# model): r_phi rose from 0.06 to 0.86 while the gold reward fell from 0.84 to -0.08 and the
-# policy answered "The capital of Spain is Madrid." to most questions, whatever the country.
-# The printout below says whether this run reproduces it, from its own numbers.
+# While tuning (on an earlier reward model) the hacked policy answered "The capital of Spain
+# is Madrid." to most questions, whatever the country.  The printout below says whether this
+# run reproduces the pattern (gold peaking early while r_phi keeps rising), from its own numbers.
 
 # %%
 SWEEP_LR = cfg.lr
