@@ -238,34 +238,36 @@ print(markdown_table(table))
 # %% [markdown]
 # ## Verdict
 #
-# The cell below prints the verdict's numbers from this run. What they said when this lesson was
-# written (full config, seeds 0-2, exact world P=4, N=64):
+# The cell below prints the verdict's numbers from this run.  What `make lessons` printed on
+# 2026-11-25 (full config, seeds 0-2, exact world P=4, N=64):
 #
 # * **Frontier.** PPO given the gold reward (a perfect reward model) lands on the optimum
-#   (gap <= 0.006 at every beta): the optimisation itself is not PPO's problem. DPO and IPO
-#   trained on 1024 noisy Bradley-Terry pairs per prompt sit 0.01-0.24 below the frontier at
-#   their own KL, and DPO overshoots its KL target at small beta (it fits the label noise:
-#   the finite-data failure that IPO's bounded target softens at large beta). Best-of-n is
-#   within 0.03-0.065 of the frontier, and its exact KL is below log n - (n-1)/n (0.0007
-#   below at n=2, 0.04 at n=256: the bound assumes a continuum of rewards).
-# * **Out-of-distribution data.** On the same 64 pairs per prompt (covering 8 of 64 responses),
-#   DPO keeps 0.35 of its mass on responses no pair mentions, PPO on a reward model fitted to
-#   those pairs 0.14 (pi_ref: 0.87). SFT on the chosen responses first, then DPO against that
-#   SFT reference, drops it to 0.06 and had the best gold reward (0.43 vs DPO's 0.33, spreads
-#   ~0.1). Online DPO with only 64 fresh pairs per round did not raise the gold reward here.
-# * **Overoptimisation.** Against a proxy fitted on 32 pairs per prompt, the proxy gain keeps
-#   rising while the gold gain peaks and then falls, for PPO and for best-of-n; Gao et al.'s
-#   forms fit loosely on so few, noisy seeds (R^2 0.37 for PPO, 0.72 for best-of-n).
-# * **Capitals world** (3 seeds, n_eval=4 samples per prompt, PPO reduced to 20 iterations).
-#   On the train prompts (where the preference data lives): best-of-8 0.96 ± 0.01 (KL bound
-#   1.20), IPO 0.92 ± 0.02 (KL 0.50), PPO 0.90 ± 0.02 (KL 0.41), DPO 0.86 ± 0.02 (KL 1.06),
-#   SFT 0.74. PPO bought its gain with the least KL; DPO drifted furthest for the least gain.
-#   On held-out and OOD prompts every method stays at SFT's level (<= 0.09, spreads ~0.03-0.06):
-#   alignment on these pairs teaches the format of known answers, not new capitals.
+#   (gap <= 0.006 at every beta): the optimisation itself is not PPO's problem.  DPO and IPO
+#   trained on 1024 noisy Bradley-Terry pairs per prompt sit 0.01-0.29 below the frontier at
+#   their own KL, and DPO overshoots its KL at small beta (it fits the label noise: the
+#   finite-data failure that IPO's bounded target softens at large beta).  Best-of-n is within
+#   0.03-0.065 of the frontier, and its exact KL is below log n - (n-1)/n (0.0007 below at n=2,
+#   0.04 at n=256: the bound assumes a continuum of rewards).
+# * **Out-of-distribution data.** On 64 pairs per prompt covering 8 of 64 responses, DPO keeps
+#   0.30 of its mass on responses no pair mentions; PPO on a reward model fitted to the same
+#   pairs 0.08 (pi_ref: 0.87).  SFT on the chosen responses, then DPO against that SFT
+#   reference, drops it to 0.04 and has the best gold reward (0.47 vs DPO's 0.36, spreads
+#   ~0.08).  Online DPO with only 64 fresh pairs per round did not raise the gold reward here.
+# * **Overoptimisation.** Against a proxy fitted on 32 pairs per prompt the proxy gain keeps
+#   rising; PPO's gold gain peaks and then falls a little (R_RL fit R^2 0.84), best-of-n's gold
+#   gain flattens but does not fall within n <= 256 (the R_bon fit's beta comes out ~0).
+# * **Capitals world** (3 seeds, 4 samples per prompt).  On the train prompts, where the
+#   preference data lives: DPO 0.64 ± 0.02 (KL 0.59), best-of-8 0.61 ± 0.03 (KL bound 1.20),
+#   IPO 0.59 ± 0.06 (KL 0.10), PPO 0.56 ± 0.05 (KL 0.55), SFT 0.51 ± 0.05.  On held-out and OOD
+#   prompts no method beats SFT (held-out 0.37 ± 0.04; best-of-8 falls to 0.10 because the
+#   reward model prefers fluent answers about the wrong country there): alignment on these
+#   pairs polishes answers the reward signal can judge, and the reward model cannot judge
+#   countries it never saw a pair about.
 # * **So which is better?** In these toys, neither by nature: PPO is the better optimiser of a
-#   given reward, and DPO is only as good as its data is on-distribution for pi_ref; fix the
-#   data (SFT on chosen, on-policy pairs) and the gap shrinks. The capitals table is the noisy
-#   real-model check: read its spreads before its means.
+#   given reward and the KL penalty on its own samples keeps it off unlabelled responses;
+#   DPO is only as good as its data is on-distribution for pi_ref, and fixing the data (SFT on
+#   chosen, on-policy pairs) closes most of the gap.  On the capitals world, with a weak reward
+#   model, DPO and PPO are within each other's seed spread: read the spreads before the means.
 
 # %%
 best_acc = max(table, key=lambda m: table[m]["acc/heldout"].mean())
