@@ -22,6 +22,7 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
+from minirlhf import exact_training as et
 from minirlhf import paths, ppo, rlhf
 from minirlhf.evaluation import format_table, sample_answers
 from minirlhf.pretrain import ensure_tokenizer
@@ -29,6 +30,8 @@ from minirlhf.reward import ensure_reward_model
 from minirlhf.sft import ensure_sft_model
 from minirlhf.tokenizer import encode_prompts
 from minirlhf.worlds import capitals as cw
+from minirlhf.worlds import exact
+from minirlhf.worlds.exact import ExactWorldConfig, make_exact_world
 
 t_start = time.time()
 args = paths.lesson_args()
@@ -225,4 +228,26 @@ peak = int(np.argmax(small["gold/reward"]))
 print(f"beta = {SWEEP[0]}: gold reward peaked at iteration {peak + 1} ({small['gold/reward'][peak]:.3f}) "
       f"and ended at {small['gold/reward'][tail].mean():.3f} while r_phi went "
       f"{small['objective/scores'][peak]:.3f} -> {small['objective/scores'][tail].mean():.3f}")
+# %% [markdown]
+# ## 7. The exact check: PPO reaches the closed-form optimum
+#
+# On the exact world (2 prompts x 27 responses, lesson 01) the optimum of
+# E[r] - beta KL(pi || pi_ref) is known: pi*_beta = pi_ref exp(r / beta) / Z.  The same PPO
+# pieces (`ppo.shape_rewards`, `ppo.gae`, `ppo.policy_loss`, `ppo.ppo_update`), driving a
+# tabular policy (`minirlhf/exact_training.py`), should converge to it: we print the exact
+# KL(pi_theta || pi*_beta) before and after, and the exact expected reward against pi*_beta's.
+
+# %%
+world = make_exact_world(ExactWorldConfig(n_prompts=2, alphabet_size=3, length=3, seed=0))
+exact_cfg = et.TabularPPOConfig(beta=0.3, n_iterations=20 if args.smoke else 200)
+logp_star = exact.optimal_policy(world.logp_ref, world.reward, exact_cfg.beta)
+_, exact_hist = jax.jit(lambda k: et.run_ppo(world, exact_cfg, k))(jax.random.PRNGKey(args.seed))
+kl_before = float(np.mean(exact.kl(world.logp_ref, logp_star)))
+kl_after = float(exact_hist["exact/kl_to_optimum"][-1])
+print(f"exact world, beta = {exact_cfg.beta}: KL(pi || pi*_beta) {kl_before:.4f} at pi_ref -> "
+      f"{kl_after:.2e} after {exact_cfg.n_iterations} PPO iterations ({kl_before / max(kl_after, 1e-12):.0f}x lower); "
+      f"expected reward {float(np.mean(exact.expected_reward(world.logp_ref, world.reward))):.4f} -> "
+      f"{float(exact_hist['exact/expected_reward'][-1]):.4f} "
+      f"(pi*_beta: {float(np.mean(exact.expected_reward(logp_star, world.reward))):.4f})")
+
 print(f"lesson 05 ran in {time.time() - t_start:.0f} s")

@@ -125,8 +125,8 @@ def run_ppo_tracked(world: ExactWorld, gold: jax.Array, cfg: et.TabularPPOConfig
     params = {"logits": ref_params["logits"], "values": jnp.zeros(ref_params["logits"].shape[:2])}
     steps = cfg.n_iterations * cfg.update.n_epochs * cfg.update.n_minibatches
     state = TrainState.create(apply_fn=None, params=params,
-                              tx=et._adam(cfg.learning_rate, steps, cfg.anneal_lr))
-    loss_fn = et._ppo_loss_fn(cfg)
+                              tx=et.adam_optimizer(cfg.learning_rate, steps, cfg.anneal_lr))
+    loss_fn = et.ppo_loss_fn(cfg)
 
     def track(p):
         logp = tabular.all_sequence_logprobs(p)
@@ -136,7 +136,7 @@ def run_ppo_tracked(world: ExactWorld, gold: jax.Array, cfg: et.TabularPPOConfig
 
     def iteration(state, it_key):
         k_rollout, k_update = jax.random.split(it_key)
-        batch, _ = et._ppo_rollout(state.params, ref_params, world, cfg, k_rollout)
+        batch, _ = et.ppo_rollout(state.params, ref_params, world, cfg, k_rollout)
         state, _ = ppo.ppo_update(state, batch, k_update, loss_fn, cfg.update)
         return state, track(state.params)
 

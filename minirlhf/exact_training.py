@@ -49,7 +49,8 @@ def exact_metrics(params: dict, world: ExactWorld, logp_star: jax.Array) -> dict
     }
 
 
-def _adam(learning_rate, total_steps: int, anneal: bool):
+def adam_optimizer(learning_rate, total_steps: int, anneal: bool):
+    """Adam (Kingma & Ba 2015), its step size annealed linearly to 0 over total_steps if `anneal`."""
     schedule = optax.linear_schedule(learning_rate, 0.0, total_steps) if anneal else learning_rate
     return optax.adam(schedule)
 
@@ -96,7 +97,8 @@ class TabularPPOConfig:
                              f"by update.n_minibatches={self.update.n_minibatches}")
 
 
-def _ppo_loss_fn(cfg: TabularPPOConfig):
+def ppo_loss_fn(cfg: TabularPPOConfig):
+    """The tabular policy's PPO loss for `ppo.ppo_update`: clipped surrogate + vf_coef * value loss."""
     def loss_fn(params, mb):
         new_logps = tabular.token_logprobs(params, mb["prompt_ids"], mb["responses"])  # [b, K]
         pg_loss, metrics = ppo.policy_loss(new_logps, mb["old_logps"], mb["advantages"],
@@ -109,7 +111,7 @@ def _ppo_loss_fn(cfg: TabularPPOConfig):
     return loss_fn
 
 
-def _ppo_rollout(params, ref_params, world: ExactWorld, cfg: TabularPPOConfig, key):
+def ppo_rollout(params, ref_params, world: ExactWorld, cfg: TabularPPOConfig, key):
     """Sample a batch, shape rewards, run GAE: everything ppo_update needs."""
     P, A = world.reward.shape[0], world.ref_logits.shape[-1]
     prompt_ids = jnp.arange(cfg.batch_size, dtype=jnp.int32) % P  # [B]
@@ -142,13 +144,13 @@ def run_ppo(world: ExactWorld, cfg: TabularPPOConfig, key: jax.Array):
               "values": jnp.zeros(ref_params["logits"].shape[:2])}  # [P, n_prefixes]
     steps = cfg.n_iterations * cfg.update.n_epochs * cfg.update.n_minibatches
     state = TrainState.create(apply_fn=None, params=params,
-                              tx=_adam(cfg.learning_rate, steps, cfg.anneal_lr))
+                              tx=adam_optimizer(cfg.learning_rate, steps, cfg.anneal_lr))
     logp_star = exact.optimal_policy(world.logp_ref, world.reward, cfg.beta)
-    loss_fn = _ppo_loss_fn(cfg)
+    loss_fn = ppo_loss_fn(cfg)
 
     def iteration(state, it_key):
         k_rollout, k_update = jax.random.split(it_key)
-        batch, stats = _ppo_rollout(state.params, ref_params, world, cfg, k_rollout)
+        batch, stats = ppo_rollout(state.params, ref_params, world, cfg, k_rollout)
         state, metrics = ppo.ppo_update(state, batch, k_update, loss_fn, cfg.update)
         metrics = jax.tree_util.tree_map(jnp.mean, metrics)
         return state, {**metrics, **stats, **exact_metrics(state.params, world, logp_star)}
@@ -292,7 +294,7 @@ def run_dpo(world: ExactWorld, cfg: TabularDPOConfig, key: jax.Array):
         if full_batch:
             weights = empirical_pair_weights(pairs, *world.reward.shape)
     state = TrainState.create(apply_fn=None, params=ref_params,
-                              tx=_adam(cfg.learning_rate, cfg.n_steps, cfg.anneal_lr))
+                              tx=adam_optimizer(cfg.learning_rate, cfg.n_steps, cfg.anneal_lr))
     logp_star = exact.optimal_policy(world.logp_ref, world.reward, cfg.beta)
 
     def loss_fn(params, step_key):
@@ -336,7 +338,7 @@ def deterministic_preference_toy(cfg: TabularDPOConfig, pairs: jax.Array, logp_r
                     logp0[pairs[:, 1]], cfg.beta)[0]
 
     state = TrainState.create(apply_fn=None, params=params,
-                              tx=_adam(cfg.learning_rate, cfg.n_steps, cfg.anneal_lr))
+                              tx=adam_optimizer(cfg.learning_rate, cfg.n_steps, cfg.anneal_lr))
 
     def step(state, _):
         return state.apply_gradients(grads=jax.grad(loss_fn)(state.params)), None
