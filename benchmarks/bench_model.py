@@ -27,6 +27,9 @@ from minirlhf.model import GPTConfig, count_params, cross_entropy_loss, forward,
 from minirlhf.sampling import generate, generate_without_cache
 from minirlhf.training import init_train_state, make_optimizer, make_train_step
 
+sys.path.insert(0, str(Path(__file__).parent))
+from benchmarks_common import gpt2_small  # noqa: E402  (same folder)
+
 
 def median_ms(fn, repeats: int) -> float:
     fn()  # compile / warm up
@@ -47,7 +50,7 @@ def train_step_fn(cfg: GPTConfig, B: int, T: int):
         logits = forward(p, batch["tokens"], batch["mask"], cfg).logits
         return cross_entropy_loss(logits, batch["tokens"], batch["mask"]), {}
 
-    step = make_train_step(loss_fn, opt)
+    step = make_train_step(loss_fn, opt, donate=True)
     rng = np.random.default_rng(0)
     batch = {"tokens": jnp.asarray(rng.integers(3, cfg.vocab_size, (B, T)), jnp.int32),
              "mask": jnp.ones((B, T), jnp.int32)}
@@ -105,14 +108,17 @@ def main():
     ap.add_argument("--gpu", action="store_true", help="GPT-2-small config (12 x 768, T=1024, bf16)")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    ap.add_argument("--batch", type=int, default=16, help="--gpu: sequences per step (T = 1024)")
+    ap.add_argument("--attention", choices=("explicit", "fused", "both"), default="both",
+                    help="--gpu: which attention path(s) to time")
     args = ap.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.device_count()} device(s))")
     configs = []
     if args.gpu:
-        for attention in ("explicit", "fused"):
-            cfg = GPTConfig(vocab_size=50304, max_len=1024, n_layer=12, n_head=12, d_model=768,
-                            attention=attention, compute_dtype="bfloat16")
-            configs.append((f"gpt2-small {attention} bf16", cfg, 16, 1024, 64, 256))
+        paths = ("explicit", "fused") if args.attention == "both" else (args.attention,)
+        for attention in paths:
+            cfg = gpt2_small(attention)
+            configs.append((f"gpt2-small {attention} bf16 B={args.batch}", cfg, args.batch, 1024, 64, 256))
     else:
         lesson = GPTConfig(vocab_size=512, max_len=64, n_layer=3, n_head=4, d_model=96)
         configs.append(("lesson (3x96, T=48, B=32)", lesson, 32, 48, 64, 30))

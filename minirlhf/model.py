@@ -10,8 +10,8 @@ blocks, learned position embeddings and a weight-tied unembedding:
 
 No flax modules: `init_params(key, cfg)` returns a nested dict, `forward` is a
 function of (params, tokens, attention_mask).  The layers' parameters are stacked
-along a leading [L] axis and the blocks run under `lax.scan`, which keeps compile
-time flat in depth (one block is traced once, not L times).
+along a leading [L] axis and the blocks run under `lax.scan` (unrolled by default:
+see `GPTConfig.unroll_layers`).
 
 Padding convention (shared by the whole package): `attention_mask [B, T]` is 1 on
 real tokens and 0 on pads; position ids are `cumsum(mask) - 1`, so right-padded
@@ -52,6 +52,13 @@ class GPTConfig:
     """The MLP's hidden width is mlp_ratio * D."""
     attention: str = "explicit"
     """"explicit" (scores, mask, softmax written out) or "fused" (jax.nn.dot_product_attention)."""
+    unroll_layers: bool = True
+    """Run the L blocks as an unrolled loop over the stacked [L, ...] parameters (the default) or
+    as a `lax.scan`.  Same numbers.  Scan traces one block once, so compile time stays flat in
+    depth; but its backward pass stores every layer's activations in stacked buffers that XLA
+    zero-fills and copies.  At our depths unrolling wins everywhere we measured: lesson step on
+    the 2-core CPU 81 -> 72 ms (compile 3.9 -> 3.6 s); GPT-2 small on an H100, fwd+bwd 62 -> 46 ms
+    (benchmarks/gpu_profile.py).  Set False for deep models, where compile time matters."""
     compute_dtype: str = "float32"
     """dtype of matmuls/activations: "float32", "bfloat16" (mixed precision: params stay float32;
     softmax, LayerNorm statistics, logits and log-probs are computed in at least float32), or
@@ -125,25 +132,62 @@ def positions_from_mask(attention_mask):
     return jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)  # [B, T]
 
 
-def attention_allowed(q_pos_idx, k_pos_idx, key_mask):
-    """allowed[b, 1, i, j] = (key column j <= query column i) and key j is not a pad."""
-    causal = k_pos_idx[None, :] <= q_pos_idx[:, None]                  # [Tq, Tk]
-    return causal[None, None] & (key_mask[:, None, None, :] > 0)        # [B, 1, Tq, Tk]
+def attention_allowed(key_mask, causal: bool):
+    """allowed[b, 1, i, j] = key j is not a pad, and (if causal) key column j <= query column i.
+
+    key_mask: [B, Tk] -> [B, 1, 1, Tk] (not causal) or [B, 1, Tk, Tk] (causal: Tq = Tk).
+    """
+    allowed = (key_mask > 0)[:, None, None, :]                          # [B, 1, 1, Tk]
+    if causal:
+        Tk = key_mask.shape[-1]
+        allowed = allowed & jnp.tril(jnp.ones((Tk, Tk), bool))[None, None]  # [B, 1, Tk, Tk]
+    return allowed
 
 
-def attend(q, k, v, allowed, cfg: GPTConfig):
+def attend(q, k, v, key_mask, cfg: GPTConfig, causal: bool = True):
     """softmax(q k^T / sqrt(d_head) + mask) v  (Vaswani et al. 2017, eq. 1), per head.
 
-    q: [B, Tq, H, Dh], k, v: [B, Tk, H, Dh], allowed: [B, 1, Tq, Tk] -> [B, Tq, H, Dh].
+    q: [B, Tq, H, Dh], k, v: [B, Tk, H, Dh], key_mask: [B, Tk] (0 on pads) -> [B, Tq, H, Dh].
+    causal=True is the full pass (Tq = Tk, query i sees keys j <= i); causal=False is one decoding
+    step, where the KV cache's key_mask already hides the columns not yet written.
     """
     if cfg.attention == "fused":
-        return jax.nn.dot_product_attention(q, k, v, mask=allowed)
+        return fused_attention(q, k, v, key_mask, causal)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k,
                         preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))  # [B, H, Tq, Tk]
     scores = scores / math.sqrt(q.shape[-1])
-    scores = jnp.where(allowed, scores, NEG_INF)                          # causal + padding mask
+    scores = jnp.where(attention_allowed(key_mask, causal), scores, NEG_INF)  # causal + padding mask
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)            # [B, H, Tq, Tk]
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)                      # [B, Tq, H, Dh]
+
+
+def fused_attention(q, k, v, key_mask, causal: bool):
+    """The same attention through `jax.nn.dot_product_attention` (shapes as in `attend`).
+
+    On a CPU, or for a decoding step, it is XLA's implementation with the padding mask.  On a GPU
+    in bfloat16/float16, a causal pass over RIGHT-padded rows (real tokens first, the layout of
+    every training batch) runs cuDNN's flash-attention kernel, which never builds the [T, T]
+    score matrix: the causal part goes in as `is_causal`, the pads as per-row lengths.  Rows with
+    other padding (left-padded prompts in PPO rollouts) go to the XLA path, picked at run time
+    by `lax.cond`, so the result is exact either way.
+    """
+    pad = (key_mask > 0)[:, None, None, :]                                 # [B, 1, 1, Tk]
+
+    @jax.checkpoint  # keeps the untaken branch's residuals from being stored for the backward
+    def xla_path(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, mask=pad, is_causal=causal)
+
+    if not (causal and jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)):
+        return xla_path(q, k, v)
+    T = key_mask.shape[-1]
+    lengths = key_mask.sum(-1).astype(jnp.int32)                          # [B]
+    right_padded = jnp.all((key_mask > 0) == (jnp.arange(T)[None, :] < lengths[:, None]))
+
+    def cudnn_path(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, query_seq_lengths=lengths,
+                                            key_value_seq_lengths=lengths, implementation="cudnn")
+
+    return jax.lax.cond(right_padded, cudnn_path, xla_path, q, k, v)
 
 
 def mlp(x, p):
@@ -173,10 +217,10 @@ def out_proj(a, p):
     return (a.reshape(B * T, H * Dh) @ p["w_o"].astype(a.dtype) + p["b_o"].astype(a.dtype)).reshape(B, T, H * Dh)
 
 
-def block(x, p, allowed, cfg: GPTConfig):
+def block(x, p, key_mask, cfg: GPTConfig):
     """One pre-LN block: x + Attn(LN(x)), then + MLP(LN(.)).  Also returns this block's k, v."""
     q, k, v = qkv_proj(layer_norm(x, p["ln1"]), p, cfg)
-    x = x + out_proj(attend(q, k, v, allowed, cfg), p)                    # [B, T, D]
+    x = x + out_proj(attend(q, k, v, key_mask, cfg, causal=True), p)                    # [B, T, D]
     x = x + mlp(layer_norm(x, p["ln2"]), p)                               # [B, T, D]
     return x, (k, v)
 
@@ -200,16 +244,26 @@ def forward(params: dict, tokens, attention_mask, cfg: GPTConfig) -> ForwardOut:
     if T > cfg.max_len:
         raise ValueError(f"forward: sequence length {T} exceeds GPTConfig.max_len={cfg.max_len}")
     x = embed(params, tokens, positions_from_mask(attention_mask), cfg)    # [B, T, D]
-    cols = jnp.arange(T)
-    allowed = attention_allowed(cols, cols, attention_mask)                # [B, 1, T, T]
 
     def layer(x, p):
-        return block(x, p, allowed, cfg)
+        return block(x, p, attention_mask, cfg)
 
-    x, kv = jax.lax.scan(layer, x, params["blocks"])                        # over L layers
+    x, kv = jax.lax.scan(layer, x, params["blocks"], unroll=cfg.unroll_layers)  # over L layers
     h = layer_norm(at_least_f32(x), params["ln_f"])                        # >= fp32 from here on
-    logits = jnp.einsum("btd,vd->btv", h, params["wte"])                    # [B, T, V]
-    return ForwardOut(logits, h, kv)
+    return ForwardOut(unembed(params, h, cfg), h, kv)
+
+
+def unembed(params, h, cfg: GPTConfig):
+    """logits = h W_te^T (weight tying): h [..., D] -> [..., V], returned in >= float32.
+
+    Under bfloat16 compute the matmul runs in bfloat16 (on a GPU this product is ~30% of a
+    GPT-2-small step's FLOPs); the logits are then upcast, so log-softmax runs in float32.
+    """
+    dtype = jnp.dtype(cfg.compute_dtype)
+    logits = jnp.einsum("...d,vd->...v", h.astype(dtype), params["wte"].astype(dtype))
+    # Speed note: the product is left in the compute dtype and upcast afterwards (as PyTorch's
+    # autocast does), so its cotangent is bfloat16 too and both backward matmuls run in bfloat16.
+    return at_least_f32(logits)
 
 
 # ----------------------------------------------------------------------------- log-probs
@@ -217,12 +271,13 @@ def forward(params: dict, tokens, attention_mask, cfg: GPTConfig) -> ForwardOut:
 def token_logprobs(logits, tokens, temperature: float = 1.0):
     """logps[b, t] = log softmax(logits[b, t-1] / temperature)[tokens[b, t]], logps[:, 0] = 0.
 
-    The log-prob is aligned with the token it scores (see the package conventions).
+    The log-prob is aligned with the token it scores (see the package conventions).  It is
+    computed as z[y] - logsumexp(z), which never materialises the [B, T, V] log-softmax.
     logits: [B, T, V], tokens: [B, T] -> [B, T] float32.
     """
-    logp = jax.nn.log_softmax(at_least_f32(logits[:, :-1]) / temperature, axis=-1)  # [B, T-1, V]
-    picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]            # [B, T-1]
-    return jnp.pad(picked, ((0, 0), (1, 0)))                                              # [B, T]
+    z = at_least_f32(logits[:, :-1]) / temperature                                   # [B, T-1, V]
+    picked = jnp.take_along_axis(z, tokens[:, 1:, None], axis=-1)[..., 0]             # [B, T-1]
+    return jnp.pad(picked - jax.nn.logsumexp(z, axis=-1), ((0, 0), (1, 0)))           # [B, T]
 
 
 def masked_sum(x, mask):

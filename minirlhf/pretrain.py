@@ -25,7 +25,7 @@ from minirlhf.training import (Progress, batches, init_train_state, make_optimiz
                                make_train_step)
 from minirlhf.worlds.capitals import CapitalsConfig, make_corpus, tokenizer_training_texts
 
-SEQ_LEN = 48  # longest corpus document is 46 tokens + bos + eos; see lesson 01
+SEQ_LEN = 50  # longest corpus document is 48 tokens + bos + eos; see lesson 01
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,8 +22,18 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from minirlhf.model import (GPTConfig, at_least_f32, attend, forward, layer_norm, mlp, out_proj,
-                            positions_from_mask, qkv_proj)
+from minirlhf.model import (
+    GPTConfig,
+    at_least_f32,
+    attend,
+    forward,
+    layer_norm,
+    mlp,
+    out_proj,
+    positions_from_mask,
+    qkv_proj,
+    unembed,
+)
 
 PAD_ID, EOS_ID = 0, 2
 
@@ -66,20 +76,19 @@ def decode_step(params, token, pos, col, cache, key_mask, cfg: GPTConfig):
     """
     dtype = jnp.dtype(cfg.compute_dtype)
     x = (params["wte"][token] + params["wpe"][pos])[:, None].astype(dtype)    # [B, 1, D]
-    allowed = (key_mask > 0)[:, None, None, :]                                 # [B, 1, 1, S]
 
     def layer(x, layer_in):
         p, k_cache, v_cache = layer_in                                         # [B, S, H, Dh]
         q, k, v = qkv_proj(layer_norm(x, p["ln1"]), p, cfg)                    # [B, 1, H, Dh]
         k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), col, axis=1)
         v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), col, axis=1)
-        x = x + out_proj(attend(q, k_cache, v_cache, allowed, cfg), p)
+        x = x + out_proj(attend(q, k_cache, v_cache, key_mask, cfg, causal=False), p)
         x = x + mlp(layer_norm(x, p["ln2"]), p)
         return x, (k_cache, v_cache)
 
-    x, cache = jax.lax.scan(layer, x, (params["blocks"], *cache))
+    x, cache = jax.lax.scan(layer, x, (params["blocks"], *cache), unroll=cfg.unroll_layers)
     h = layer_norm(at_least_f32(x[:, 0]), params["ln_f"])               # [B, D] fp32
-    return h @ params["wte"].T, h, cache                                       # [B, V]
+    return unembed(params, h, cfg), h, cache                                       # [B, V]
 
 
 @partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k"))

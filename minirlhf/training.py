@@ -7,6 +7,7 @@ one jitted function doing forward, backward and the optimizer update.
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Callable, NamedTuple
 
 import jax
@@ -35,10 +36,14 @@ def init_train_state(params, optimizer) -> TrainState:
     return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
-def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation):
-    """state, batch -> state, metrics: forward + backward + update, all under one jit."""
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, donate: bool = False):
+    """state, batch -> state, metrics: forward + backward + update, all under one jit.
 
-    @jax.jit
+    donate=True lets XLA update the parameters and optimizer state in place (the state passed in
+    is deleted); off by default because the lessons keep the initial parameters around.
+    """
+
+    @partial(jax.jit, donate_argnums=(0,) if donate else ())
     def train_step(state: TrainState, batch):
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

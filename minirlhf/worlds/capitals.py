@@ -42,21 +42,21 @@ import numpy as np
 FACTS: dict[str, tuple[str, str]] = {
     # train (32)
     "France": ("Paris", "Germany"), "Germany": ("Berlin", "Austria"),
-    "Italy": ("Rome", "Spain"), "Spain": ("Madrid", "Portugal"),
+    "Italy": ("Rome", "Spain"), "Spain": ("Madrid", "Italy"),
     "Japan": ("Tokyo", "China"), "China": ("Beijing", "Japan"),
-    "Russia": ("Moscow", "Ukraine"), "Egypt": ("Cairo", "Morocco"),
-    "Kenya": ("Nairobi", "Nigeria"), "Peru": ("Lima", "Chile"),
-    "Cuba": ("Havana", "Jamaica"), "Greece": ("Athens", "Turkey"),
+    "Russia": ("Moscow", "Poland"), "Egypt": ("Cairo", "Morocco"),
+    "Kenya": ("Nairobi", "Nigeria"), "Peru": ("Lima", "Colombia"),
+    "Cuba": ("Havana", "Colombia"), "Greece": ("Athens", "Turkey"),
     "Austria": ("Vienna", "Hungary"), "Poland": ("Warsaw", "Germany"),
     "Norway": ("Oslo", "Sweden"), "Sweden": ("Stockholm", "Norway"),
     "Finland": ("Helsinki", "Sweden"), "Hungary": ("Budapest", "Austria"),
     "Belgium": ("Brussels", "France"), "Turkey": ("Ankara", "Greece"),
     "Iran": ("Tehran", "Iraq"), "Iraq": ("Baghdad", "Iran"),
-    "Thailand": ("Bangkok", "Vietnam"), "Canada": ("Ottawa", "Australia"),
+    "Thailand": ("Bangkok", "China"), "Canada": ("Ottawa", "Australia"),
     "Brazil": ("Brasilia", "Argentina"), "Argentina": ("Buenos Aires", "Brazil"),
-    "Colombia": ("Bogota", "Venezuela"), "Morocco": ("Rabat", "Tunisia"),
-    "Nigeria": ("Abuja", "Ghana"), "Australia": ("Canberra", "Canada"),
-    "Romania": ("Bucharest", "Bulgaria"), "Czechia": ("Prague", "Poland"),
+    "Colombia": ("Bogota", "Peru"), "Morocco": ("Rabat", "Egypt"),
+    "Nigeria": ("Abuja", "Kenya"), "Australia": ("Canberra", "Canada"),
+    "Romania": ("Bucharest", "Hungary"), "Czechia": ("Prague", "Poland"),
     # held-out (8)
     "Portugal": ("Lisbon", "Spain"), "Chile": ("Santiago", "Peru"),
     "Denmark": ("Copenhagen", "Sweden"), "Bulgaria": ("Sofia", "Romania"),
@@ -73,6 +73,11 @@ CAPITAL: dict[str, str] = {c: cap for c, (cap, _) in FACTS.items()}
 SPLITS: dict[str, tuple[str, ...]] = {
     "train": COUNTRIES[:32], "heldout": COUNTRIES[32:40], "ood": COUNTRIES[40:48],
 }
+# The train split is closed under confusion: every train country's neighbour is a train
+# country, so a held-out or OOD capital never appears in SFT demos or in the answers that
+# preference pairs and RL are built from, neither as a right answer nor as a wrong one.  (With
+# "Spain -> Lisbon" as a train confusion, alignment would learn "Lisbon is a wrong answer" and
+# held-out accuracy on Portugal would measure that side effect, not generalisation.)
 
 PROMPT_TEMPLATE = "What's the capital of {country}?"          # train and held-out
 OOD_PROMPT_TEMPLATE = "Which city is the capital of {country}?"  # never in corpus or demos
