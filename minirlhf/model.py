@@ -56,9 +56,9 @@ class GPTConfig:
     """Run the L blocks as an unrolled loop over the stacked [L, ...] parameters (the default) or
     as a `lax.scan`.  Same numbers.  Scan traces one block once, so compile time stays flat in
     depth; but its backward pass stores every layer's activations in stacked buffers that XLA
-    zero-fills and copies.  At our depths unrolling wins everywhere we measured: lesson step on
-    the 2-core CPU 81 -> 72 ms (compile 3.9 -> 3.6 s); GPT-2 small on an H100, fwd+bwd 62 -> 46 ms
-    (benchmarks/gpu_profile.py).  Set False for deep models, where compile time matters."""
+    zero-fills and copies.  At our depths unrolling is faster (GPT-2 small on an H100, fwd+bwd
+    58.3 -> 41.5 ms: `benchmarks/gpu_profile.py`, log in benchmarks/results/prof.log).  Set
+    False for deep models, where compile time matters."""
     compute_dtype: str = "float32"
     """dtype of matmuls/activations: "float32", "bfloat16" (mixed precision: params stay float32;
     softmax, LayerNorm statistics, logits and log-probs are computed in at least float32), or

@@ -22,6 +22,18 @@ def test_facts_and_splits_are_disjoint_and_cover_the_world():
     assert all(neighbour in cw.CAPITAL for _, neighbour in cw.FACTS.values())
 
 
+def test_demo_answers_only_ever_name_train_capitals():
+    """The train split is closed under confusion, so a demo's answer sentence (right, or wrong
+    with the neighbour's capital) names a train capital; held-out/OOD capitals appear in demos
+    only inside the rambling filler sentences."""
+    train_caps = {cw.CAPITAL[c] for c in cw.SPLITS["train"]}
+    assert all(cw.FACTS[c][1] in cw.SPLITS["train"] for c in cw.SPLITS["train"])
+    demos = cw.make_sft_demos(CapitalsConfig())
+    answers = [cw.capitals_named(d.response.split(".")[0]) for d in demos]   # first sentence
+    assert all(len(a) == 1 and a <= train_caps for a in answers)
+    assert any(not d.correct for d in demos)   # the wrong demos exist, and name train capitals
+
+
 def test_config_rejects_bad_probabilities():
     with pytest.raises(ValueError, match="corpus_wrong_fraction: expected a probability"):
         CapitalsConfig(corpus_wrong_fraction=1.5)

@@ -74,10 +74,11 @@ SPLITS: dict[str, tuple[str, ...]] = {
     "train": COUNTRIES[:32], "heldout": COUNTRIES[32:40], "ood": COUNTRIES[40:48],
 }
 # The train split is closed under confusion: every train country's neighbour is a train
-# country, so a held-out or OOD capital never appears in SFT demos or in the answers that
-# preference pairs and RL are built from, neither as a right answer nor as a wrong one.  (With
-# "Spain -> Lisbon" as a train confusion, alignment would learn "Lisbon is a wrong answer" and
-# held-out accuracy on Portugal would measure that side effect, not generalisation.)
+# country, so no held-out or OOD capital is the systematic wrong answer to a train prompt (the
+# answers in demos name train capitals only; filler sentences and samples can still mention
+# one in passing).  With "Spain -> Lisbon" as a train confusion, alignment would learn "Lisbon
+# is a wrong answer", and held-out accuracy on Portugal would measure that side effect, not
+# generalisation.
 
 PROMPT_TEMPLATE = "What's the capital of {country}?"          # train and held-out
 OOD_PROMPT_TEMPLATE = "Which city is the capital of {country}?"  # never in corpus or demos
