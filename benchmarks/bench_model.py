@@ -144,7 +144,7 @@ def main():
                   f"{r['step_ms'] / r['torch_step_ms']:.2f} (target <= 0.80)")
         if args.gpu:
             peak = 989e12
-            print(f"{'':<32} MFU {r['tflops'] * 1e12 / peak:.1%} of 989 TFLOP/s (H100 dense bf16)")
+            print(f"{'':<32} MFU {r['tflops'] * 1e12 / peak:.1%} of 989 TFLOP/s (H100/H200 dense bf16 peak)")
 
 
 if __name__ == "__main__":
