@@ -28,7 +28,7 @@ import numpy as np
 
 from minirlhf import ppo, rlhf
 from minirlhf.model import forward, init_params, init_scalar_head, token_logprobs
-from minirlhf.pretrain import PretrainConfig, ensure_tokenizer
+from minirlhf.pretrain import PretrainConfig, corpus_arrays, ensure_tokenizer
 from minirlhf.sampling import generate
 from minirlhf.tokenizer import encode_prompts
 from minirlhf.worlds.capitals import parse_country, split_prompts
@@ -95,10 +95,14 @@ def main():
                                                   cfg=cfg, model_cfg=model_cfg), args.repeats)
     batch, _ = jax.jit(partial(rlhf.make_rollout, cfg=cfg, model_cfg=model_cfg))(
         params, ref, rm, pt, pm, state.kl_ctl.beta, k_gen)
+    ptx = corpus_arrays(tok) if cfg.ptx_coef > 0 else None   # PPO-ptx rows, as train_ppo draws them
+    if ptx is not None:
+        batch = {**batch, **{f"ptx_{k}": jnp.asarray(ptx[k][:cfg.batch_size])
+                             for k in ("tokens", "attention_mask", "loss_mask")}}
     rows["update"] = timed(lambda: update_only(state.train_state, batch, k_it, cfg=cfg, model_cfg=model_cfg),
                            args.repeats)
-    fused = lambda: rlhf.ppo_iteration(state, ref, rm, enc.tokens, enc.attention_mask, k_it, cfg=cfg,
-                                       model_cfg=model_cfg)
+    fused = lambda: rlhf.ppo_iteration(state, ref, rm, enc.tokens, enc.attention_mask, k_it, ptx,
+                                       cfg=cfg, model_cfg=model_cfg)
     rows["fused"] = timed(fused, args.repeats)
     countries = [parse_country(p) for p in prompts]
 

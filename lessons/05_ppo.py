@@ -25,7 +25,7 @@ import numpy as np
 from minirlhf import exact_training as et
 from minirlhf import paths, ppo, rlhf
 from minirlhf.evaluation import format_table, sample_answers
-from minirlhf.pretrain import ensure_tokenizer
+from minirlhf.pretrain import corpus_arrays, ensure_tokenizer
 from minirlhf.reward import ensure_reward_model
 from minirlhf.sft import ensure_sft_model
 from minirlhf.tokenizer import encode_prompts
@@ -42,7 +42,7 @@ tok = ensure_tokenizer(args.smoke)
 ref_params, model_cfg = ensure_sft_model(args.smoke)     # pi_ref (lesson 03), built if missing
 rm_params, _ = ensure_reward_model(args.smoke)           # r_phi (lesson 04), built if missing
 splits = {name: cw.split_prompts(name) for name in cw.SPLITS}
-N_EVAL = 1 if args.smoke else 8
+N_EVAL = 1 if args.smoke else 32   # samples per prompt: 256 rows on each 8-prompt split (SE ~0.03)
 print(f"PPO config: {cfg}")
 
 # %% [markdown]
@@ -63,8 +63,10 @@ print(f"PPO config: {cfg}")
 # %%
 enc = encode_prompts(tok, splits["train"], max_len=cfg.prompt_len)
 state0 = rlhf.init_ppo_state(ref_params, rm_params, model_cfg, cfg, jax.random.PRNGKey(args.seed))
+ptx_table = corpus_arrays(tok)   # pretraining documents for the PPO-ptx term (section 5)
 _, out0 = rlhf.ppo_iteration(state0, ref_params, rm_params, enc.tokens, enc.attention_mask,
-                             jax.random.PRNGKey(1), cfg=rlhf.compiled_part(cfg), model_cfg=model_cfg)
+                             jax.random.PRNGKey(1), ptx_table, cfg=rlhf.compiled_part(cfg),
+                             model_cfg=model_cfg)
 print(f"max |log pi_old (forward pass) - log pi (sampler)| = {float(out0.metrics['rollout/logprob_mismatch']):.2e}")
 print(f"KL(pi_theta || pi_ref) at iteration 0: {float(out0.metrics['objective/kl']):.2e} nats")
 print(f"mean r_phi of these {cfg.batch_size} samples: {float(out0.metrics['objective/scores']):+.3f}")
@@ -184,11 +186,22 @@ print(f"held-out gold accuracy: SFT {results['SFT heldout']['gold/accuracy']:.3f
       f"{results['PPO heldout']['kl']:.2f} nats")
 
 # %% [markdown]
-# ## 6. The role of beta
+# ## 6. The alignment tax, and what PPO-ptx does about it
 #
-# Two more runs at the same learning rate: beta = 0 and beta = 2 (the main run uses 0.5, a
-# value we picked by a small sweep on the gold reward, which real RLHF cannot see: there
-# one tunes beta on held-out human judgements).  With beta = 0 nothing holds the policy near pi_ref,
+# The main run mixes a next-token loss on pretraining documents into every PPO minibatch
+# (`ptx_coef` = gamma = 1, InstructGPT's "PPO-ptx", Ouyang et al. 2022 eq. 2).  The runs below
+# switch it off.  PPO's reward comes from train prompts only, and what it learns there is partly
+# about *tokens*: train countries and train capitals are what good answers contain.  Asked about a
+# held-out country, such a policy starts answering about a train country ("The capital of Peru is
+# Lima." to "What's the capital of Portugal?"), and the reward model, which never learnt to check
+# the answer against the question, scores that well.  The pretraining term keeps the policy able
+# to talk about every country in the corpus.  The held-out accuracies of both runs are printed.
+#
+# ## 7. The role of beta
+#
+# Without ptx, three betas at the same learning rate: 0, the main run's 0.5 and 2 (0.5 we
+# picked by a small sweep on the gold reward, which real RLHF cannot see: there one tunes beta
+# on held-out human judgements).  With beta = 0 nothing holds the policy near pi_ref,
 # the KL grows fast, and the policy is free to exploit the reward model's mistakes: if it
 # finds some, the learned reward keeps rising while the gold reward stalls or falls (reward
 # hacking, Gao et al. 2023).  With beta = 2 the penalty dominates and the policy barely moves.
@@ -199,11 +212,19 @@ print(f"held-out gold accuracy: SFT {results['SFT heldout']['gold/accuracy']:.3f
 
 # %%
 SWEEP_LR = cfg.lr
-SWEEP = (0.0, 2.0)
-sweep = {}
+SWEEP = (0.0, cfg.kl.init_beta, 2.0)
+sweep, sweep_policy = {}, {}
 for beta in SWEEP:
-    sweep_cfg = rlhf.PPOConfig(**{**cfg.__dict__, "lr": SWEEP_LR, "kl": ppo.KLControllerConfig(init_beta=beta)})
-    sweep[beta] = rlhf.train_ppo(ref_params, ref_params, rm_params, model_cfg, tok, sweep_cfg, quiet=True)[1]
+    sweep_cfg = rlhf.PPOConfig(**{**cfg.__dict__, "lr": SWEEP_LR, "ptx_coef": 0.0,
+                                  "kl": ppo.KLControllerConfig(init_beta=beta)})
+    st, sweep[beta] = rlhf.train_ppo(ref_params, ref_params, rm_params, model_cfg, tok, sweep_cfg, quiet=True)
+    sweep_policy[beta] = st.train_state.params["policy"]
+no_ptx = rlhf.evaluate_policy(sweep_policy[cfg.kl.init_beta], ref_params, model_cfg, tok,
+                              {"train": splits["train"], "heldout": splits["heldout"]}, key_eval, N_EVAL)
+print(f"beta = {cfg.kl.init_beta}, gold accuracy         train   held-out   KL(held-out)")
+print(f"  SFT (pi_ref)                    {results['SFT train']['gold/accuracy']:7.3f}  {results['SFT heldout']['gold/accuracy']:8.3f}")
+print(f"  PPO without ptx                 {no_ptx['train']['gold/accuracy']:7.3f}  {no_ptx['heldout']['gold/accuracy']:8.3f}  {no_ptx['heldout']['kl']:8.2f}")
+print(f"  PPO-ptx (gamma = {cfg.ptx_coef:<4})           {results['PPO train']['gold/accuracy']:7.3f}  {results['PPO heldout']['gold/accuracy']:8.3f}  {results['PPO heldout']['kl']:8.2f}")
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
 for beta in SWEEP:
     h = sweep[beta]
@@ -229,7 +250,7 @@ print(f"beta = {SWEEP[0]}: gold reward peaked at iteration {peak + 1} ({small['g
       f"and ended at {small['gold/reward'][tail].mean():.3f} while r_phi went "
       f"{small['objective/scores'][peak]:.3f} -> {small['objective/scores'][tail].mean():.3f}")
 # %% [markdown]
-# ## 7. The exact check: PPO reaches the closed-form optimum
+# ## 8. The exact check: PPO reaches the closed-form optimum
 #
 # On the exact world (2 prompts x 27 responses, lesson 01) the optimum of
 # E[r] - beta KL(pi || pi_ref) is known: pi*_beta = pi_ref exp(r / beta) / Z.  The same PPO

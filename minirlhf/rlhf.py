@@ -51,9 +51,10 @@ from tokenizers import Tokenizer
 from minirlhf import ppo
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
 from minirlhf.evaluation import MAX_NEW_TOKENS, PROMPT_LEN, gold_metrics, sample_answers
-from minirlhf.model import GPTConfig, forward, init_scalar_head, scalar_head, token_logprobs
+from minirlhf.model import (GPTConfig, cross_entropy_loss, forward, init_scalar_head, scalar_head,
+                            token_logprobs)
 from minirlhf.paths import runs_dir
-from minirlhf.pretrain import ensure_tokenizer
+from minirlhf.pretrain import corpus_arrays, ensure_tokenizer
 from minirlhf.reward import ensure_reward_model, reward_forward
 from minirlhf.sampling import Generation, generate
 from minirlhf.sft import ensure_sft_model
@@ -112,10 +113,17 @@ class PPOConfig:
     """Width P of the left-padded prompts."""
     max_new_tokens: int = MAX_NEW_TOKENS
     """Response budget N; a response without <eos> after N tokens is cut (and scored as such)."""
+    ptx_coef: float = 1.0
+    """gamma of InstructGPT's PPO-ptx (Ouyang et al. 2022, eq. 2): each minibatch also takes
+    gamma x the next-token loss on as many pretraining documents, which keeps what the base model
+    knew about prompts PPO never sees; 0 = plain PPO.  Lesson 05 measures both: without it PPO
+    lowers held-out accuracy (the "alignment tax"), with it held-out accuracy rises."""
     seed: int = 0
     """Seeds the value head, every rollout and every minibatch order."""
 
     def __post_init__(self):
+        if self.ptx_coef < 0:
+            raise ValueError(f"PPOConfig.ptx_coef: expected >= 0, got {self.ptx_coef}")
         if self.value_model not in VALUE_MODELS:
             raise ValueError(f"PPOConfig.value_model: expected one of {VALUE_MODELS}, got {self.value_model!r}")
         if self.kl_kind not in ppo.KL_ESTIMATORS:
@@ -209,7 +217,8 @@ def policy_and_values(params: dict, tokens, attention_mask, cfg: PPOConfig, mode
 # ----------------------------------------------------------------------------- loss
 
 def ppo_loss(params: dict, mb: dict, cfg: PPOConfig, model_cfg: GPTConfig):
-    """L = L_clip + vf_coef L_V - ent_coef H   (Schulman et al. 2017 eq. 9, as a loss).
+    """L = L_clip + vf_coef L_V - ent_coef H   (Schulman et al. 2017 eq. 9, as a loss)
+         [+ ptx_coef L_ptx, the next-token loss on pretraining rows (Ouyang et al. 2022 eq. 2)].
 
     L_clip: ppo.policy_loss (eq. 7); L_V: ppo.value_loss (clipped); H: mean token entropy of
     pi_theta on the response tokens.  mb: {tokens, attention_mask, response_mask, old_logps,
@@ -225,8 +234,13 @@ def ppo_loss(params: dict, mb: dict, cfg: PPOConfig, model_cfg: GPTConfig):
     token_entropy = ppo.entropy_from_logits(logits[:, :-1] / cfg.temperature)          # [b, T-1]
     entropy = ppo.masked_mean(jnp.pad(token_entropy, ((0, 0), (1, 0))), mask)           # aligned
     loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy                      # eq. 9
+    ptx_loss = jnp.zeros(())
+    if cfg.ptx_coef > 0:   # PPO-ptx (InstructGPT eq. 2): + gamma * LM loss on pretraining docs
+        ptx_logits = forward(params["policy"], mb["ptx_tokens"], mb["ptx_attention_mask"], model_cfg).logits
+        ptx_loss = cross_entropy_loss(ptx_logits, mb["ptx_tokens"], mb["ptx_loss_mask"])
+        loss = loss + cfg.ptx_coef * ptx_loss
     ratio = ppo.masked_mean(jnp.exp(jnp.where(mask > 0, new_logps - mb["old_logps"], 0.0)), mask)
-    return loss, {"loss/policy": pg_loss, "loss/value": v_loss, "loss/total": loss,
+    return loss, {"loss/policy": pg_loss, "loss/value": v_loss, "loss/total": loss, "loss/ptx": ptx_loss,
                   "policy/approxkl": pg_metrics["policy/approxkl"],
                   "policy/clipfrac": pg_metrics["policy/clipfrac"],
                   "policy/entropy": entropy, "val/ratio": ratio,
@@ -285,15 +299,16 @@ def draw_prompts(key, n_prompts: int, batch_size: int):
 
 
 @partial(jax.jit, static_argnames=("cfg", "model_cfg", "reward_fn"))
-def ppo_iteration(state: PPOState, ref_params, rm_params, prompt_tokens, prompt_mask, key, *,
+def ppo_iteration(state: PPOState, ref_params, rm_params, prompt_tokens, prompt_mask, key, ptx=None, *,
                   cfg: PPOConfig, model_cfg: GPTConfig, reward_fn: RewardFn = reward_model_score):
     """One whole PPO iteration (steps 1-6 of the module docstring) under one jit.
 
     prompt_tokens, prompt_mask: [N, P] the table of training prompts (left-padded); the B
     prompts of this iteration are drawn from it inside the jit.  key: this iteration's key.
-    Returns (state, IterationOut).  metrics: objective/{kl, kl_coef, entropy, scores,
+    ptx: with cfg.ptx_coef > 0, the pretraining table {tokens, attention_mask, loss_mask} [M, S];
+    B of its rows are drawn per iteration and minibatched alongside the rollouts.  Returns (state, IterationOut).  metrics: objective/{kl, kl_coef, entropy, scores,
     non_score_reward, rlhf_reward}, policy/{approxkl, clipfrac, entropy}, loss/{policy, value,
-    total}, val/{ratio, clipfrac, explained_variance, mean}, rollout/{response_length,
+    total, ptx}, val/{ratio, clipfrac, explained_variance, mean}, rollout/{response_length,
     logprob_mismatch}; update metrics are averaged over the epochs x minibatches.
     """
     k_prompt, k_gen, k_update = jax.random.split(key, 3)
@@ -302,6 +317,12 @@ def ppo_iteration(state: PPOState, ref_params, rm_params, prompt_tokens, prompt_
     batch, stats = make_rollout(params, ref_params, rm_params, prompt_tokens[idx], prompt_mask[idx],
                                 state.kl_ctl.beta, k_gen, cfg=cfg, model_cfg=model_cfg,
                                 reward_fn=reward_fn)
+    if cfg.ptx_coef > 0:
+        if ptx is None:
+            raise ValueError("ppo_iteration: cfg.ptx_coef > 0 needs the pretraining table `ptx` "
+                             "(pretrain.corpus_arrays(tok)); pass it, or set ptx_coef=0")
+        rows = jax.random.randint(jax.random.fold_in(k_prompt, 1), (cfg.batch_size,), 0, ptx["tokens"].shape[0])   # [B]
+        batch = {**batch, **{f"ptx_{k}": ptx[k][rows] for k in ("tokens", "attention_mask", "loss_mask")}}
     loss_fn = partial(ppo_loss, cfg=cfg, model_cfg=model_cfg)
     train_state, upd = ppo.ppo_update(state.train_state, batch, k_update, loss_fn, cfg.update)
     kl_ctl = ppo.kl_controller_update(state.kl_ctl, stats["objective/kl"], cfg.batch_size, cfg.kl)
@@ -333,13 +354,14 @@ def train_ppo(policy_params: dict, ref_params: dict, rm_params: dict, model_cfg:
     prompts = list(prompts or split_prompts("train"))
     enc = encode_prompts(tok, prompts, max_len=cfg.prompt_len)
     countries = [parse_country(p) for p in prompts]
+    ptx = corpus_arrays(tok) if cfg.ptx_coef > 0 else None   # the base model's pretraining docs
     k_init, k_run = jax.random.split(jax.random.PRNGKey(cfg.seed))
     state = init_ppo_state(policy_params, rm_params, model_cfg, cfg, k_init)
     history, progress = {}, Progress("ppo", cfg.n_iterations, quiet=quiet)
     for i, key in enumerate(jax.random.split(k_run, cfg.n_iterations), 1):
         t0 = time.perf_counter()
         state, out = ppo_iteration(state, ref_params, rm_params, enc.tokens, enc.attention_mask, key,
-                                   cfg=compiled_part(cfg), model_cfg=model_cfg)
+                                   ptx, cfg=compiled_part(cfg), model_cfg=model_cfg)
         metrics = {k: float(v) for k, v in jax.device_get(out.metrics).items()}
         metrics.update(rollout_gold(tok, countries, out))
         metrics["time/iteration"] = time.perf_counter() - t0

@@ -13,11 +13,11 @@ from minirlhf.sampling import generate
 
 MODEL = GPTConfig(vocab_size=16, max_len=12, n_layer=1, n_head=2, d_model=16)
 P, N = 4, 5                      # prompt width, response budget (P + N + 3 pads <= max_len)
-CFG = rlhf.PPOConfig(batch_size=8, update=ppo.PPOUpdateConfig(2, 2), lr=1e-3, prompt_len=P,
+CFG = rlhf.PPOConfig(batch_size=8, update=ppo.PPOUpdateConfig(2, 2), lr=1e-3, prompt_len=P, ptx_coef=0.0,
                      max_new_tokens=N, kl=ppo.KLControllerConfig(init_beta=0.1))
 METRICS = ("objective/kl", "objective/kl_coef", "objective/entropy", "objective/scores",
            "objective/non_score_reward", "objective/rlhf_reward", "policy/approxkl",
-           "policy/clipfrac", "policy/entropy", "loss/policy", "loss/value", "loss/total",
+           "policy/clipfrac", "policy/entropy", "loss/policy", "loss/value", "loss/total", "loss/ptx",
            "val/ratio", "val/clipfrac", "val/explained_variance", "val/mean",
            "rollout/response_length", "rollout/logprob_mismatch")
 
@@ -197,3 +197,49 @@ def test_adaptive_controller_lowers_beta_when_kl_is_below_target(behaviour_run):
     # e = clip(KL / target - 1, -0.2, 0.2) = -0.2 every iteration;  beta' = beta (1 + e B / horizon)
     expected = 0.01 * (1 - 0.2 * 16 / 160.0) ** np.arange(7)
     np.testing.assert_allclose(betas, expected, rtol=1e-5)
+
+
+def test_ptx_term_adds_gamma_times_the_written_out_lm_loss(models):
+    """PPO-ptx (Ouyang et al. 2022 eq. 2): L = L_PPO + gamma * L_LM on pretraining rows, with
+    L_LM = -(1/N) sum_{t>0, m_t=1} log softmax(z_{t-1})[x_t] written out here in NumPy."""
+    ref, rm, state = models
+    batch, _ = rollout(state.train_state.params, ref, rm, jax.random.PRNGKey(3))
+    rng = np.random.default_rng(0)
+    ptx_tokens = rng.integers(3, MODEL.vocab_size, (8, 7)).astype(np.int32)
+    ptx_mask = np.ones((8, 7), np.int32)
+    ptx_mask[:3, 5:] = 0                                   # some right padding
+    batch = {**batch, "ptx_tokens": jnp.asarray(ptx_tokens), "ptx_attention_mask": jnp.asarray(ptx_mask),
+             "ptx_loss_mask": jnp.asarray(ptx_mask)}
+    params, gamma = state.train_state.params, 0.7
+    cfg = dataclasses.replace(CFG, ptx_coef=gamma)
+    (loss0, _), g0 = loss_and_grad(params, batch, cfg=CFG, model_cfg=MODEL)
+    (loss1, m1), g1 = loss_and_grad(params, batch, cfg=cfg, model_cfg=MODEL)
+
+    z = np.asarray(forward(params["policy"], batch["ptx_tokens"], batch["ptx_attention_mask"],
+                           MODEL).logits, np.float64)
+    terms = []
+    for b in range(8):
+        for t in range(1, 7):
+            if ptx_mask[b, t]:
+                zt = z[b, t - 1]
+                terms.append(zt[ptx_tokens[b, t]] - zt.max() - np.log(np.exp(zt - zt.max()).sum()))
+    lm = -np.mean(terms)
+    np.testing.assert_allclose(float(m1["loss/ptx"]), lm, rtol=1e-5)
+    np.testing.assert_allclose(float(loss1), float(loss0) + gamma * lm, rtol=1e-5)
+    # the ptx term moves the policy only (and does move it); the value head's gradient is unchanged
+    diff = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), g1, g0)
+    assert max(jax.tree_util.tree_leaves(diff["policy"])) > 1e-4
+    assert max(jax.tree_util.tree_leaves(diff["value"]), default=0.0) == 0.0
+
+
+def test_ptx_iteration_runs_and_rejects_a_negative_coefficient(models):
+    ref, rm, state = models
+    pt, pm = prompts()
+    table = {"tokens": jnp.tile(pt, (3, 1)), "attention_mask": jnp.tile(pm, (3, 1)),
+             "loss_mask": jnp.tile(pm, (3, 1))}
+    cfg = dataclasses.replace(CFG, ptx_coef=0.5)
+    _, out = rlhf.ppo_iteration(state, ref, rm, pt, pm, jax.random.PRNGKey(5), table, cfg=cfg,
+                                model_cfg=MODEL)
+    assert np.isfinite(float(out.metrics["loss/ptx"])) and float(out.metrics["loss/ptx"]) > 0
+    with pytest.raises(ValueError, match="ptx_coef"):
+        rlhf.PPOConfig(ptx_coef=-1.0)
