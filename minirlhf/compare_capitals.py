@@ -43,7 +43,7 @@ class CapitalsCompareConfig:
     """Temperature-1 answers per prompt for the gold accuracy and the KL estimate."""
     bon_n: int = 8
     """n of best-of-n (samples from pi_ref = SFT, pick the highest reward-model score)."""
-    ppo: rlhf.PPOConfig = rlhf.PPOConfig(n_iterations=20)
+    ppo: rlhf.PPOConfig = rlhf.PPOConfig(n_iterations=20, ptx_coef=0.0)   # plain PPO vs plain DPO
     """PPO run (reduced from lesson 05's default to fit lesson 07's time budget)."""
     dpo: dpo_train.DPOConfig = dpo_train.DPOConfig()
     """DPO run (lesson 06's default); IPO uses the same with loss_type="ipo"."""

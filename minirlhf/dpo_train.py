@@ -37,9 +37,9 @@ from tokenizers import Tokenizer
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
 from minirlhf.data import read_preferences
 from minirlhf.dpo import dpo_loss, ipo_loss
-from minirlhf.model import GPTConfig, sequence_logprobs
+from minirlhf.model import GPTConfig, cross_entropy_loss, forward, sequence_logprobs
 from minirlhf.paths import runs_dir
-from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
+from minirlhf.pretrain import SEQ_LEN, corpus_arrays, ensure_tokenizer
 from minirlhf.reward_data import encode_responses, ensure_preferences, needed_length
 from minirlhf.sampling import Generation
 from minirlhf.sft import ensure_sft_model
@@ -70,10 +70,15 @@ class DPOConfig:
     """Linear warmup steps of the learning rate."""
     weight_decay: float = 0.0
     """AdamW decoupled weight decay."""
+    ptx_coef: float = 0.0
+    """gamma of a pretraining term as in InstructGPT's PPO-ptx (Ouyang et al. 2022, eq. 2): each
+    step adds gamma x the next-token loss on batch_size pretraining documents; 0 = plain DPO."""
     seed: int = 0
     """Seeds the batch order."""
 
     def __post_init__(self):
+        if self.ptx_coef < 0:
+            raise ValueError(f"DPOConfig.ptx_coef: expected >= 0, got {self.ptx_coef}")
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"DPOConfig.loss_type: expected one of {LOSS_TYPES}, got {self.loss_type!r}")
         if not self.beta > 0:
@@ -163,8 +168,14 @@ def dpo_batch_loss(params, batch: dict, cfg: GPTConfig, dcfg: DPOConfig):
     rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies, logps/chosen, logps/rejected).
     """
     policy_chosen_logps, policy_rejected_logps = concatenated_logps(params, batch, cfg)
-    return preference_loss(policy_chosen_logps, policy_rejected_logps,
-                           batch["reference_chosen_logps"], batch["reference_rejected_logps"], dcfg)
+    loss, metrics = preference_loss(policy_chosen_logps, policy_rejected_logps,
+                                    batch["reference_chosen_logps"], batch["reference_rejected_logps"], dcfg)
+    if dcfg.ptx_coef > 0:   # + gamma * LM loss on pretraining rows (PPO-ptx's term, applied to DPO)
+        logits = forward(params, batch["ptx_tokens"], batch["ptx_attention_mask"], cfg).logits
+        ptx_loss = cross_entropy_loss(logits, batch["ptx_tokens"], batch["ptx_loss_mask"])
+        loss, metrics = loss + dcfg.ptx_coef * ptx_loss, {**metrics, "loss": loss + dcfg.ptx_coef * ptx_loss,
+                                                           "loss/ptx": ptx_loss}
+    return loss, metrics
 
 
 def make_dpo_step(cfg: GPTConfig, dcfg: DPOConfig):
@@ -175,17 +186,26 @@ def make_dpo_step(cfg: GPTConfig, dcfg: DPOConfig):
     return optimizer, make_train_step(partial(dpo_batch_loss, cfg=cfg, dcfg=dcfg), optimizer)
 
 
-def train_dpo(params, arrays: dict, cfg: GPTConfig, dcfg: DPOConfig, quiet: bool = False):
+def train_dpo(params, arrays: dict, cfg: GPTConfig, dcfg: DPOConfig, quiet: bool = False,
+              ptx: dict | None = None):
     """dcfg.steps DPO steps from `params` (= pi_ref) on `arrays` (pairs + cached reference log-probs)
-    -> (params, history {metric: [steps] numpy}) with every metric of the step."""
+    -> (params, history {metric: [steps] numpy}) with every metric of the step.  ptx: with
+    dcfg.ptx_coef > 0, the pretraining table {tokens, attention_mask, loss_mask} (corpus_arrays)."""
     missing = [k for k in REFERENCE_KEYS if k not in arrays]
     if missing:
         raise ValueError(f"train_dpo: arrays lack {missing}; call with_reference_logps(arrays, ref_params, cfg) first")
+    if dcfg.ptx_coef > 0 and ptx is None:
+        raise ValueError("train_dpo: dcfg.ptx_coef > 0 needs the pretraining table `ptx` "
+                         "(pretrain.corpus_arrays(tok)); pass it, or set ptx_coef=0")
+    ptx_rng = np.random.default_rng([dcfg.seed, 1])
     optimizer, step_fn = make_dpo_step(cfg, dcfg)
     state, history = init_train_state(params, optimizer), {}
     progress = Progress(f"dpo/{dcfg.loss_type}", dcfg.steps, quiet=quiet)
     batch_size = min(dcfg.batch_size, len(arrays[REFERENCE_KEYS[0]]))
     for i, batch in enumerate(batches(np.random.default_rng(dcfg.seed), arrays, batch_size, dcfg.steps), 1):
+        if dcfg.ptx_coef > 0:
+            rows = ptx_rng.integers(0, len(ptx["tokens"]), batch_size)
+            batch = {**batch, **{f"ptx_{k}": ptx[k][rows] for k in ("tokens", "attention_mask", "loss_mask")}}
         state, metrics = step_fn(state, batch)
         for k, v in metrics.items():
             history.setdefault(k, []).append(float(v))
@@ -248,7 +268,8 @@ def build_dpo_policy(smoke: bool, dcfg: DPOConfig | None = None, quiet: bool = F
     tok, (ref_params, cfg) = ensure_tokenizer(smoke), ensure_sft_model(smoke)
     arrays = with_reference_logps(load_pair_arrays(tok, ensure_preferences(smoke)["train"], cfg),
                                   ref_params, cfg)
-    params, history = train_dpo(ref_params, arrays, cfg, dcfg, quiet=quiet)
+    ptx = corpus_arrays(tok) if dcfg.ptx_coef > 0 else None
+    params, history = train_dpo(ref_params, arrays, cfg, dcfg, quiet=quiet, ptx=ptx)
     save_checkpoint(runs_dir(smoke) / "dpo.ckpt", params, cfg,
                     {"stage": "dpo", "config": dataclasses.asdict(dcfg),
                      "final_margin": float(history["rewards/margins"][-1])})

@@ -332,7 +332,7 @@ def cross_entropy_loss(logits, tokens, loss_mask):
     Its gradient w.r.t. z_{t-1} is (softmax(z_{t-1}) - onehot(x_t)) m_t / N.
     """
     logps = token_logprobs(logits, tokens)                                  # [B, T]
-    loss_mask = loss_mask.at[:, 0].set(0)        # column 0 has no prediction (nothing before it)
+    loss_mask = jnp.asarray(loss_mask).at[:, 0].set(0)   # column 0 has no prediction (nothing before it)
     n = jnp.maximum(loss_mask.sum(), 1)
     return -(logps * loss_mask).sum() / n
 

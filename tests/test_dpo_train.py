@@ -19,6 +19,8 @@ from minirlhf.sampling import Generation
 from minirlhf.tokenizer import EOS_ID, PAD_ID, encode_text
 from minirlhf.training import init_train_state
 
+from conftest import written_out_lm_loss
+
 TINY = GPTConfig(vocab_size=32, max_len=16, n_layer=2, n_head=2, d_model=16)
 TRL_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                "logps/chosen", "logps/rejected")
@@ -240,3 +242,19 @@ def test_implicit_reward_is_beta_times_the_log_ratio(tok):
     np.testing.assert_allclose([chosen_rewards[0], rejected_rewards[0]], [0.2 * (lw - rw), 0.2 * (ll - rl)],
                                rtol=1e-5, atol=1e-5)
     assert np.all(np.stack(implicit_rewards(params, params, arrays, cfg, beta=0.2)) == 0.0)
+
+
+def test_dpo_ptx_adds_gamma_times_the_written_out_lm_loss():
+    rng, gamma = np.random.default_rng(3), 0.6
+    params, ref_params = tiny_params(0), tiny_params(1)
+    batch = with_reference_logps(pair_batch(rng), ref_params, TINY)
+    ptx_tokens, ptx_mask, _, _ = random_rows(rng, 4, 10, TINY.vocab_size)
+    batch = {**batch, "ptx_tokens": ptx_tokens, "ptx_attention_mask": ptx_mask, "ptx_loss_mask": ptx_mask}
+    loss0, _ = dpo_batch_loss(params, batch, TINY, DPOConfig())
+    loss1, metrics = dpo_batch_loss(params, batch, TINY, DPOConfig(ptx_coef=gamma))
+    lm = written_out_lm_loss(forward(params, jnp.asarray(ptx_tokens), jnp.asarray(ptx_mask), TINY).logits,
+                             ptx_tokens, ptx_mask)
+    np.testing.assert_allclose(float(metrics["loss/ptx"]), lm, rtol=1e-5)
+    np.testing.assert_allclose(float(loss1), float(loss0) + gamma * lm, rtol=1e-5)
+    with pytest.raises(ValueError, match="ptx"):
+        train_dpo(params, batch, TINY, DPOConfig(ptx_coef=gamma), quiet=True)

@@ -11,6 +11,8 @@ from minirlhf import ppo, rlhf
 from minirlhf.model import GPTConfig, forward, init_params, init_scalar_head, scalar_head
 from minirlhf.sampling import generate
 
+from conftest import written_out_lm_loss
+
 MODEL = GPTConfig(vocab_size=16, max_len=12, n_layer=1, n_head=2, d_model=16)
 P, N = 4, 5                      # prompt width, response budget (P + N + 3 pads <= max_len)
 CFG = rlhf.PPOConfig(batch_size=8, update=ppo.PPOUpdateConfig(2, 2), lr=1e-3, prompt_len=P, ptx_coef=0.0,
@@ -215,15 +217,8 @@ def test_ptx_term_adds_gamma_times_the_written_out_lm_loss(models):
     (loss0, _), g0 = loss_and_grad(params, batch, cfg=CFG, model_cfg=MODEL)
     (loss1, m1), g1 = loss_and_grad(params, batch, cfg=cfg, model_cfg=MODEL)
 
-    z = np.asarray(forward(params["policy"], batch["ptx_tokens"], batch["ptx_attention_mask"],
-                           MODEL).logits, np.float64)
-    terms = []
-    for b in range(8):
-        for t in range(1, 7):
-            if ptx_mask[b, t]:
-                zt = z[b, t - 1]
-                terms.append(zt[ptx_tokens[b, t]] - zt.max() - np.log(np.exp(zt - zt.max()).sum()))
-    lm = -np.mean(terms)
+    lm = written_out_lm_loss(forward(params["policy"], batch["ptx_tokens"], batch["ptx_attention_mask"],
+                                     MODEL).logits, ptx_tokens, ptx_mask)
     np.testing.assert_allclose(float(m1["loss/ptx"]), lm, rtol=1e-5)
     np.testing.assert_allclose(float(loss1), float(loss0) + gamma * lm, rtol=1e-5)
     # the ptx term moves the policy only (and does move it); the value head's gradient is unchanged
