@@ -4,9 +4,13 @@
 # Lesson 03 gave us pi_ref (the SFT model), lesson 04 a reward model r_phi trained on the
 # rater's comparisons.  Now a second copy of pi_ref, the policy pi_theta, learns to please
 # r_phi while a KL penalty keeps it near pi_ref (Ziegler et al. 2019; Stiennon et al. 2020;
-# Ouyang et al. 2022, eq. 2 without the pretraining term):
+# Ouyang et al. 2022, eq. 2):
 #
 #     max_theta  E_{x ~ D, y ~ pi_theta(.|x)} [ r_phi(x, y) ]  -  beta KL(pi_theta(.|x) || pi_ref(.|x))
+#                + gamma E_{x ~ D_pretrain} [ log pi_theta(x) ]
+#
+# The last term ("PPO-ptx", gamma = `PPOConfig.ptx_coef`) keeps the policy a good language
+# model of the pretraining corpus; section 6 shows why it matters on prompts PPO never sees.
 #
 # Why the KL term?  r_phi is only trustworthy near the data it was fitted on (samples of
 # pi_ref).  Far from pi_ref, a policy can find responses that r_phi scores high and the
