@@ -28,7 +28,7 @@ import numpy as np
 
 from minirlhf import ppo, rlhf
 from minirlhf.model import forward, init_params, init_scalar_head, token_logprobs
-from minirlhf.pretrain import PretrainConfig, corpus_arrays, ensure_tokenizer
+from minirlhf.pretrain import PretrainConfig, corpus_arrays, ensure_tokenizer, with_ptx_rows
 from minirlhf.sampling import generate
 from minirlhf.tokenizer import encode_prompts
 from minirlhf.worlds.capitals import parse_country, split_prompts
@@ -97,8 +97,7 @@ def main():
         params, ref, rm, pt, pm, state.kl_ctl.beta, k_gen)
     ptx = corpus_arrays(tok) if cfg.ptx_coef > 0 else None   # PPO-ptx rows, as train_ppo draws them
     if ptx is not None:
-        batch = {**batch, **{f"ptx_{k}": jnp.asarray(ptx[k][:cfg.batch_size])
-                             for k in ("tokens", "attention_mask", "loss_mask")}}
+        batch = with_ptx_rows(batch, ptx, np.arange(cfg.batch_size))
     rows["update"] = timed(lambda: update_only(state.train_state, batch, k_it, cfg=cfg, model_cfg=model_cfg),
                            args.repeats)
     fused = lambda: rlhf.ppo_iteration(state, ref, rm, enc.tokens, enc.attention_mask, k_it, ptx,

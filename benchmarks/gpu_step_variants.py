@@ -25,10 +25,9 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_model import model_flops_per_token, train_step_fn  # same folder
+from bench_model import median_ms, model_flops_per_token, train_step_fn  # same folder
 from benchmarks_common import gpt2_small
 
 from minirlhf import model
@@ -86,16 +85,6 @@ VARIANTS = {"real-first": (real_first_attention, PACKAGE_PERMUTE),
             "cond": (cond_attention, PACKAGE_PERMUTE),
             "right-only": (right_only_attention, PACKAGE_PERMUTE),
             "real-first-scatter": (real_first_attention, plain_permute)}
-
-
-def median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * float(np.median(times))
 
 
 def main():

@@ -67,7 +67,7 @@ print(f"PPO config: {cfg}")
 # %%
 enc = encode_prompts(tok, splits["train"], max_len=cfg.prompt_len)
 state0 = rlhf.init_ppo_state(ref_params, rm_params, model_cfg, cfg, jax.random.PRNGKey(args.seed))
-ptx_table = corpus_arrays(tok)   # pretraining documents for the PPO-ptx term (section 5)
+ptx_table = corpus_arrays(tok)   # pretraining documents for the PPO-ptx term (section 6)
 _, out0 = rlhf.ppo_iteration(state0, ref_params, rm_params, enc.tokens, enc.attention_mask,
                              jax.random.PRNGKey(1), ptx_table, cfg=rlhf.compiled_part(cfg),
                              model_cfg=model_cfg)

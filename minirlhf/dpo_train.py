@@ -37,9 +37,9 @@ from tokenizers import Tokenizer
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
 from minirlhf.data import read_preferences
 from minirlhf.dpo import dpo_loss, ipo_loss
-from minirlhf.model import GPTConfig, cross_entropy_loss, forward, sequence_logprobs
+from minirlhf.model import GPTConfig, sequence_logprobs
 from minirlhf.paths import runs_dir
-from minirlhf.pretrain import SEQ_LEN, corpus_arrays, ensure_tokenizer
+from minirlhf.pretrain import SEQ_LEN, corpus_arrays, ensure_tokenizer, ptx_loss, with_ptx_rows
 from minirlhf.reward_data import encode_responses, ensure_preferences, needed_length
 from minirlhf.sampling import Generation
 from minirlhf.sft import ensure_sft_model
@@ -170,11 +170,10 @@ def dpo_batch_loss(params, batch: dict, cfg: GPTConfig, dcfg: DPOConfig):
     policy_chosen_logps, policy_rejected_logps = concatenated_logps(params, batch, cfg)
     loss, metrics = preference_loss(policy_chosen_logps, policy_rejected_logps,
                                     batch["reference_chosen_logps"], batch["reference_rejected_logps"], dcfg)
-    if dcfg.ptx_coef > 0:   # + gamma * LM loss on pretraining rows (PPO-ptx's term, applied to DPO)
-        logits = forward(params, batch["ptx_tokens"], batch["ptx_attention_mask"], cfg).logits
-        ptx_loss = cross_entropy_loss(logits, batch["ptx_tokens"], batch["ptx_loss_mask"])
-        loss, metrics = loss + dcfg.ptx_coef * ptx_loss, {**metrics, "loss": loss + dcfg.ptx_coef * ptx_loss,
-                                                           "loss/ptx": ptx_loss}
+    if dcfg.ptx_coef > 0:   # + gamma L_LM on pretraining rows (PPO-ptx's term, applied to DPO)
+        lm = ptx_loss(params, batch, cfg)
+        loss = loss + dcfg.ptx_coef * lm
+        metrics = {**metrics, "loss": loss, "loss/ptx": lm}
     return loss, metrics
 
 
@@ -204,8 +203,7 @@ def train_dpo(params, arrays: dict, cfg: GPTConfig, dcfg: DPOConfig, quiet: bool
     batch_size = min(dcfg.batch_size, len(arrays[REFERENCE_KEYS[0]]))
     for i, batch in enumerate(batches(np.random.default_rng(dcfg.seed), arrays, batch_size, dcfg.steps), 1):
         if dcfg.ptx_coef > 0:
-            rows = ptx_rng.integers(0, len(ptx["tokens"]), batch_size)
-            batch = {**batch, **{f"ptx_{k}": ptx[k][rows] for k in ("tokens", "attention_mask", "loss_mask")}}
+            batch = with_ptx_rows(batch, ptx, ptx_rng.integers(0, len(ptx["tokens"]), batch_size))
         state, metrics = step_fn(state, batch)
         for k, v in metrics.items():
             history.setdefault(k, []).append(float(v))

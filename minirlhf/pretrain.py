@@ -73,6 +73,26 @@ def lm_loss(params, batch, cfg: GPTConfig):
     return loss, {}
 
 
+# ----------------------------------------------------------------------------- the ptx term
+# InstructGPT's "PPO-ptx" (Ouyang et al. 2022, eq. 2) keeps an aligned policy a language model of
+# the pretraining corpus:  L = L_align + gamma L_LM.  PPO (rlhf.py) and DPO (dpo_train.py) both
+# carry the pretraining rows inside their batch under these keys, so that their minibatching and
+# sharding treat them like every other row.
+
+PTX_FIELDS = ("tokens", "attention_mask", "loss_mask")
+
+
+def with_ptx_rows(batch: dict, table: dict, rows) -> dict:
+    """batch plus ptx_{tokens, attention_mask, loss_mask} = table[...][rows] (numpy or jax rows)."""
+    return {**batch, **{f"ptx_{k}": table[k][rows] for k in PTX_FIELDS}}
+
+
+def ptx_loss(params, batch: dict, cfg: GPTConfig):
+    """L_LM on the batch's pretraining rows: the next-token cross-entropy `lm_loss`,
+    -(1/N) sum_{t>0, m_t=1} log pi(x_t | x_<t), over batch["ptx_*"]."""
+    return lm_loss(params, {k: batch[f"ptx_{k}"] for k in PTX_FIELDS}, cfg)[0]
+
+
 def train_lm(params, arrays: dict, cfg: GPTConfig, *, steps: int, batch_size: int, lr: float,
              weight_decay: float, seed: int, name: str, quiet: bool = False):
     """Run `steps` AdamW steps of `lm_loss` on `arrays`; returns (params, loss history)."""

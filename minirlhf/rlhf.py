@@ -51,10 +51,9 @@ from tokenizers import Tokenizer
 from minirlhf import ppo
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
 from minirlhf.evaluation import MAX_NEW_TOKENS, PROMPT_LEN, gold_metrics, sample_answers
-from minirlhf.model import (GPTConfig, cross_entropy_loss, forward, init_scalar_head, scalar_head,
-                            token_logprobs)
+from minirlhf.model import GPTConfig, forward, init_scalar_head, scalar_head, token_logprobs
 from minirlhf.paths import runs_dir
-from minirlhf.pretrain import corpus_arrays, ensure_tokenizer
+from minirlhf.pretrain import corpus_arrays, ensure_tokenizer, ptx_loss, with_ptx_rows
 from minirlhf.reward import ensure_reward_model, reward_forward
 from minirlhf.sampling import Generation, generate
 from minirlhf.sft import ensure_sft_model
@@ -234,13 +233,10 @@ def ppo_loss(params: dict, mb: dict, cfg: PPOConfig, model_cfg: GPTConfig):
     token_entropy = ppo.entropy_from_logits(logits[:, :-1] / cfg.temperature)          # [b, T-1]
     entropy = ppo.masked_mean(jnp.pad(token_entropy, ((0, 0), (1, 0))), mask)           # aligned
     loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy                      # eq. 9
-    ptx_loss = jnp.zeros(())
-    if cfg.ptx_coef > 0:   # PPO-ptx (InstructGPT eq. 2): + gamma * LM loss on pretraining docs
-        ptx_logits = forward(params["policy"], mb["ptx_tokens"], mb["ptx_attention_mask"], model_cfg).logits
-        ptx_loss = cross_entropy_loss(ptx_logits, mb["ptx_tokens"], mb["ptx_loss_mask"])
-        loss = loss + cfg.ptx_coef * ptx_loss
+    lm = ptx_loss(params["policy"], mb, model_cfg) if cfg.ptx_coef > 0 else jnp.zeros(())
+    loss = loss + cfg.ptx_coef * lm                                  # PPO-ptx (Ouyang et al. eq. 2)
     ratio = ppo.masked_mean(jnp.exp(jnp.where(mask > 0, new_logps - mb["old_logps"], 0.0)), mask)
-    return loss, {"loss/policy": pg_loss, "loss/value": v_loss, "loss/total": loss, "loss/ptx": ptx_loss,
+    return loss, {"loss/policy": pg_loss, "loss/value": v_loss, "loss/total": loss, "loss/ptx": lm,
                   "policy/approxkl": pg_metrics["policy/approxkl"],
                   "policy/clipfrac": pg_metrics["policy/clipfrac"],
                   "policy/entropy": entropy, "val/ratio": ratio,
@@ -306,7 +302,8 @@ def ppo_iteration(state: PPOState, ref_params, rm_params, prompt_tokens, prompt_
     prompt_tokens, prompt_mask: [N, P] the table of training prompts (left-padded); the B
     prompts of this iteration are drawn from it inside the jit.  key: this iteration's key.
     ptx: with cfg.ptx_coef > 0, the pretraining table {tokens, attention_mask, loss_mask} [M, S];
-    B of its rows are drawn per iteration and minibatched alongside the rollouts.  Returns (state, IterationOut).  metrics: objective/{kl, kl_coef, entropy, scores,
+    B of its rows are drawn per iteration and minibatched alongside the rollouts.
+    Returns (state, IterationOut).  metrics: objective/{kl, kl_coef, entropy, scores,
     non_score_reward, rlhf_reward}, policy/{approxkl, clipfrac, entropy}, loss/{policy, value,
     total, ptx}, val/{ratio, clipfrac, explained_variance, mean}, rollout/{response_length,
     logprob_mismatch}; update metrics are averaged over the epochs x minibatches.
@@ -321,8 +318,9 @@ def ppo_iteration(state: PPOState, ref_params, rm_params, prompt_tokens, prompt_
         if ptx is None:
             raise ValueError("ppo_iteration: cfg.ptx_coef > 0 needs the pretraining table `ptx` "
                              "(pretrain.corpus_arrays(tok)); pass it, or set ptx_coef=0")
-        rows = jax.random.randint(jax.random.fold_in(k_prompt, 1), (cfg.batch_size,), 0, ptx["tokens"].shape[0])   # [B]
-        batch = {**batch, **{f"ptx_{k}": ptx[k][rows] for k in ("tokens", "attention_mask", "loss_mask")}}
+        rows = jax.random.randint(jax.random.fold_in(k_prompt, 1), (cfg.batch_size,), 0,
+                                  ptx["tokens"].shape[0])                               # [B]
+        batch = with_ptx_rows(batch, ptx, rows)
     loss_fn = partial(ppo_loss, cfg=cfg, model_cfg=model_cfg)
     train_state, upd = ppo.ppo_update(state.train_state, batch, k_update, loss_fn, cfg.update)
     kl_ctl = ppo.kl_controller_update(state.kl_ctl, stats["objective/kl"], cfg.batch_size, cfg.kl)

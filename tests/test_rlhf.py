@@ -9,6 +9,7 @@ import pytest
 
 from minirlhf import ppo, rlhf
 from minirlhf.model import GPTConfig, forward, init_params, init_scalar_head, scalar_head
+from minirlhf.pretrain import ptx_loss
 from minirlhf.sampling import generate
 
 from conftest import written_out_lm_loss
@@ -238,3 +239,35 @@ def test_ptx_iteration_runs_and_rejects_a_negative_coefficient(models):
     assert np.isfinite(float(out.metrics["loss/ptx"])) and float(out.metrics["loss/ptx"]) > 0
     with pytest.raises(ValueError, match="ptx_coef"):
         rlhf.PPOConfig(ptx_coef=-1.0)
+
+
+def test_ptx_gradient_equals_finite_differences_of_the_written_out_lm_loss():
+    """The gradient PPO-ptx and DPO-ptx add (gamma * grad L_LM, via `pretrain.ptx_loss`) against
+    central differences of the float64 loop `written_out_lm_loss`, along random directions."""
+    with jax.enable_x64(True):
+        cfg = dataclasses.replace(MODEL, compute_dtype="float64")
+        params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64),
+                                        init_params(jax.random.PRNGKey(7), cfg))
+        rng = np.random.default_rng(1)
+        tokens = rng.integers(3, cfg.vocab_size, (3, 6)).astype(np.int32)
+        mask = np.ones((3, 6), np.int32)
+        mask[0, 4:] = 0
+        batch = {"ptx_tokens": jnp.asarray(tokens), "ptx_attention_mask": jnp.asarray(mask),
+                 "ptx_loss_mask": jnp.asarray(mask)}
+        grad = jax.grad(ptx_loss)(params, batch, cfg)
+
+        def written_out(p):
+            return written_out_lm_loss(forward(p, batch["ptx_tokens"], batch["ptx_attention_mask"], cfg).logits,
+                                       tokens, mask)
+
+        for seed in range(3):
+            leaves, treedef = jax.tree_util.tree_flatten(params)
+            keys = jax.random.split(jax.random.PRNGKey(100 + seed), len(leaves))
+            d = jax.tree_util.tree_unflatten(treedef, [jax.random.normal(k, x.shape, jnp.float64)
+                                                       for k, x in zip(keys, leaves)])
+            eps = 1e-5
+            shifted = lambda s: jax.tree_util.tree_map(lambda x, dx: x + s * eps * dx, params, d)
+            fd = (written_out(shifted(1.0)) - written_out(shifted(-1.0))) / (2 * eps)
+            analytic = sum(float(jnp.vdot(g, dx)) for g, dx in zip(jax.tree_util.tree_leaves(grad),
+                                                                     jax.tree_util.tree_leaves(d)))
+            np.testing.assert_allclose(analytic, fd, rtol=1e-6, atol=1e-8)
