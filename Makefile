@@ -21,9 +21,11 @@ lessons: $(STAMP)
 	  echo "=== $$f done in $$(( $$(date +%s) - start )) s"; \
 	done
 
-## The whole test suite (includes every lesson in --smoke mode).
+## The whole test suite (includes every lesson in --smoke mode), on TEST_WORKERS processes
+## (pytest-xdist; --dist loadfile keeps each test file, e.g. the chained smoke lessons, on one).
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	MPLBACKEND=Agg $(BIN)/python -m pytest
+	MPLBACKEND=Agg $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_model.py
