@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minirlhf.model import GPTConfig
+from minirlhf.model import GPTConfig, cross_entropy_loss, forward
 
 
 def step_matmuls(L: int, d: int, H: int, V: int, T: int, B: int) -> list[tuple[str, tuple, tuple, int]]:
@@ -98,7 +98,7 @@ def main():
           f"L={L} d={d} H={H} V={V} T={T} B={B}")
     print(f"{'matmul':22s} {'a':>16s} {'b':>16s} {'x':>2s} {'GFLOP':>6s} {'JAX ms':>7s} {'GFLOP/s':>8s}"
           + (f" {'torch ms':>8s} {'GFLOP/s':>8s}" if have_torch else ""))
-    total = {"flop": 0.0, "jax": 0.0, "torch": 0.0}
+    total = {"flop": 0.0, "jax": 0.0, "torch": 0.0, "jax_fwd": 0.0}
     for name, a, b, count in step_matmuls(L, d, H, V, T, B):
         flop = 2 * np.prod(a) * b[-1]
         tj = time_jax(a, b, args.repeats)
@@ -106,6 +106,7 @@ def main():
                 f"{1e3 * tj:7.3f} {flop / tj / 1e9:8.1f}")
         total["flop"] += count * flop
         total["jax"] += count * tj
+        total["jax_fwd"] += count * tj if name.endswith(" fwd") else 0.0
         if have_torch:
             tt = time_torch(a, b, args.repeats)
             total["torch"] += count * tt
@@ -117,7 +118,22 @@ def main():
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_model import train_step_fn  # same folder
 
-    run = train_step_fn(GPTConfig(vocab_size=V, max_len=T, n_layer=L, n_head=H, d_model=d), B, T)[0]
+    cfg = GPTConfig(vocab_size=V, max_len=T, n_layer=L, n_head=H, d_model=d)
+    run, _, state, batch = train_step_fn(cfg, B, T)
+    params = state[0].params
+
+    def loss(p):
+        return cross_entropy_loss(forward(p, batch["tokens"], batch["mask"], cfg).logits,
+                                  batch["tokens"], batch["mask"])
+
+    fwd, grad = jax.jit(loss), jax.jit(jax.grad(loss))
+    fwd_ms = min(1e3 * median_s(lambda: fwd(params).block_until_ready(), 10) for _ in range(3))
+    grad_ms = min(1e3 * median_s(lambda: jax.block_until_ready(grad(params)), 10) for _ in range(3))
+    floor_fwd, floor_bwd = 1e3 * total["jax_fwd"], 1e3 * (total["jax"] - total["jax_fwd"])
+    print(f"  our forward pass + loss: {fwd_ms:.1f} ms vs its matmuls' floor {floor_fwd:.1f} ms "
+          f"(x{fwd_ms / floor_fwd:.2f})")
+    print(f"  our backward pass (fwd+bwd - fwd): {grad_ms - fwd_ms:.1f} ms vs its matmuls' floor "
+          f"{floor_bwd:.1f} ms (x{(grad_ms - fwd_ms) / floor_bwd:.2f})")
     jax_step = min(1e3 * median_s(run, 10) for _ in range(3))
     print(f"  our JAX training step (bench_model.py's): {jax_step:.1f} ms = the floor + "
           f"{jax_step - 1e3 * total['jax']:.1f} ms of everything else")
