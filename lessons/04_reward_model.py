@@ -236,7 +236,9 @@ print(f"Paris ranked above Berlin: {bool(r_fr[0] > r_fr[1])}")
 # train country ("The capital of Poland is Warsaw." to Portugal), is scored like a correct one
 # (see the list of high-proxy, low-gold answers printed below).
 # PPO will push the policy towards exactly such responses: this is where reward hacking
-# (lesson 05) starts.
+# (lesson 05) starts.  The last table below measures it: gold agreement on the pairs where
+# exactly one answer is right (the capital has to fit the question) against the pairs where
+# form, length and eos decide.  Only the first kind gets worse on held-out countries.
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 5))
@@ -281,6 +283,14 @@ print(f"\nper split ('{best}'): gold agreement / pearson / canonical right-vs-ne
 for s in data:
     m = evals[best][s].metrics
     print(f"  {s:8s} {m['gold_agreement']:.3f} / {m['gold_pearson']:.3f} / {canon[best][s]['accuracy']:.3f}")
+print(f"\ngold agreement ('{best}') split by what separates the pair: exactly one answer right"
+      "\n(which capital fits the question) vs both right or both wrong (form, length, eos):")
+for s in data:
+    ev, d = evals[best][s], data[s]
+    fit = rm.differ_in_correctness(read_preferences(pref_paths[s]))
+    parts = [f"{name} {rm.gold_agreement(ev.chosen_rewards[m], ev.rejected_rewards[m], d.chosen_gold[m], d.rejected_gold[m]):.3f}"
+             f" ({m.sum()} pairs)" for name, m in (("one right", fit), ("same correctness", ~fit))]
+    print(f"  {s:8s} " + "   ".join(parts))
 print("\nhigh proxy, low gold: wrong answers (r* <= -1) that the RM scores highest, held-out/OOD:")
 seen = set()
 for i in sorted(range(len(rows)), key=lambda i: -rows[i][3]):

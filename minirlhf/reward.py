@@ -51,7 +51,15 @@ from minirlhf.reward_data import (
 )
 from minirlhf.sft import ensure_sft_model
 from minirlhf.training import Progress, batches, init_train_state, make_optimizer, make_train_step
-from minirlhf.worlds.capitals import CAPITAL, FACTS, SPLITS, canonical_answer, make_prompt
+from minirlhf.worlds.capitals import (
+    CAPITAL,
+    FACTS,
+    SPLITS,
+    canonical_answer,
+    is_correct,
+    make_prompt,
+    parse_country,
+)
 
 REGIMES = ("head", "full")
 
@@ -244,6 +252,23 @@ def gold_agreement(chosen_rewards, rejected_rewards, chosen_gold, rejected_gold)
     d_gold = np.asarray(chosen_gold, np.float64) - np.asarray(rejected_gold, np.float64)
     keep = np.abs(d_gold) > 1e-9                                   # NaN compares False: dropped too
     return float(np.mean(np.sign(d_phi[keep]) == np.sign(d_gold[keep]))) if keep.any() else float("nan")
+
+
+def differ_in_correctness(records) -> np.ndarray:
+    """[N] bool: exactly one of a pair's two responses is gold-correct (`is_correct`: it names the
+    right capital and no other).  Pairs whose prompt is not a capitals prompt count as False.
+
+    Splitting `gold_agreement` by this mask separates the two things a reward model can learn:
+    "which answer is right for this question" (the pairs where it is True) and form, length and
+    termination (both responses right or both wrong)."""
+    out = np.zeros(len(records), bool)
+    for i, record in enumerate(records):
+        try:
+            country = parse_country(record["prompt"])
+        except ValueError:
+            continue
+        out[i] = is_correct(country, record["chosen"]) != is_correct(country, record["rejected"])
+    return out
 
 
 def pearson(x, y) -> float:

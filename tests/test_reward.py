@@ -16,6 +16,7 @@ from minirlhf.model import GPTConfig, forward, init_params, reward_from_hidden
 from minirlhf.reward import (
     RewardConfig,
     calibration_bins,
+    differ_in_correctness,
     fold_normalisation,
     gold_agreement,
     init_reward_model,
@@ -240,3 +241,18 @@ def test_gold_agreement_pearson_and_calibration_match_brute_force():
         if pts:
             np.testing.assert_allclose([cal["predicted"][k], cal["empirical"][k], cal["rater_p"][k]],
                                        np.mean(pts, axis=0))
+
+
+def test_differ_in_correctness_marks_pairs_where_exactly_one_answer_is_right():
+    q = "What's the capital of France?"
+    records = [
+        {"prompt": q, "chosen": " The capital of France is Paris.", "rejected": " The capital of France is Berlin."},
+        {"prompt": q, "chosen": " It is Berlin.", "rejected": " The capital of France is Paris."},   # rater erred
+        {"prompt": q, "chosen": " The capital of France is Paris.", "rejected": " Paris. I had rice for lunch."},
+        {"prompt": q, "chosen": " Rome.", "rejected": " The capital of France is Berlin."},         # both wrong
+        {"prompt": q, "chosen": " Paris, not Berlin.", "rejected": " I do not know."},              # both wrong
+        {"prompt": "Tell me a joke.", "chosen": " Paris.", "rejected": " Berlin."},                  # not capitals
+        {"prompt": "Which city is the capital of Nepal?", "chosen": " Kathmandu.", "rejected": " Beijing."},
+    ]
+    np.testing.assert_array_equal(differ_in_correctness(records),
+                                  [True, True, False, False, False, False, True])
