@@ -15,7 +15,6 @@
 # `--prefs PATH` to train on your own preference JSONL in the same format).
 
 # %%
-import argparse
 import dataclasses
 import time
 from collections import Counter
@@ -40,12 +39,12 @@ from minirlhf.worlds.capitals import (
 )
 
 t_start = time.time()
-args = paths.lesson_args()
-extra = argparse.ArgumentParser()
-extra.add_argument("--prefs", default=None,
-                   help="train on this preference JSONL (prompt/chosen/rejected [+ *_ended, ...]); "
-                        "held-out and OOD evaluation still use the collected capitals pairs")
-args.prefs = extra.parse_known_args()[0].prefs
+PREFS_FLAG = {"default": None,
+              "help": "train on this preference JSONL (prompt/chosen/rejected [+ *_ended, ...]); "
+                      "held-out and OOD evaluation still use the collected capitals pairs"}
+args = paths.lesson_args(extra=(("--prefs", PREFS_FLAG),))
+if args.prefs is not None:
+    read_preferences(args.prefs)   # a bad file fails now, naming its line, not after training
 RUNS, FIGURES = paths.runs_dir(args.smoke), paths.figures_dir(args.smoke)
 rcfg = rm.RewardConfig.smoke() if args.smoke else rm.RewardConfig()
 rcfg = dataclasses.replace(rcfg, seed=args.seed)
@@ -73,9 +72,9 @@ print(f"smoke={args.smoke} seed={args.seed}  runs -> {RUNS}  figures -> {FIGURES
 
 # %%
 pref_paths = ensure_preferences(args.smoke)          # runs[/smoke]/preferences_{split}.jsonl
-if args.prefs:
+if args.prefs is not None:
     pref_paths = {**pref_paths, "train": args.prefs}  # validated by data.read_preferences
-data = load_preference_data(tok, pref_paths, SEQ_LEN)
+data = load_preference_data(tok, pref_paths, SEQ_LEN, model_max_len=cfg.max_len)
 for split, d in data.items():
     print(f"{split:8s} {len(d.p_chosen):4d} pairs from {pref_paths[split]}  "
           f"Bayes rate {np.mean(np.maximum(d.p_chosen, 1 - d.p_chosen)):.3f}")

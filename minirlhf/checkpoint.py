@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from flax import serialization
 
-from minirlhf.model import GPTConfig
+from minirlhf.model import GPTConfig, init_params
 
 FORMAT = "minirlhf-checkpoint-v1"
 
@@ -59,10 +59,53 @@ def load_checkpoint(path):
     missing = {"config", "params", "meta"} - set(doc)
     if missing:
         raise ValueError(f"checkpoint {path}: missing field(s) {sorted(missing)}")
+    if not isinstance(doc["config"], dict):
+        raise ValueError(f"checkpoint {path}: field 'config' expected a dict of GPTConfig fields, "
+                         f"got {type(doc['config']).__name__}")
     fields = {f.name for f in dataclasses.fields(GPTConfig)}
     unknown = set(doc["config"]) - fields
     if unknown:
         raise ValueError(f"checkpoint {path}: unknown GPTConfig fields {sorted(unknown)}")
-    cfg = GPTConfig(**doc["config"])
+    missing = [f for f in SHAPE_FIELDS if f not in doc["config"]]
+    if missing:   # a default here would silently pair the weights with another architecture
+        raise ValueError(f"checkpoint {path}: config lacks the GPTConfig field(s) {missing}")
+    try:
+        cfg = GPTConfig(**doc["config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint {path}: invalid config {doc['config']} ({e})") from None
+    try:
+        meta = json.loads(doc["meta"])
+    except (TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"checkpoint {path}: field 'meta' is not a JSON string ({e})") from None
     params = jax.tree_util.tree_map(jax.numpy.asarray, doc["params"])
-    return params, cfg, json.loads(doc["meta"])
+    _check_gpt_shapes(path, params, cfg)
+    return params, cfg, meta
+
+
+# The GPTConfig fields that decide parameter shapes: a checkpoint must state them.  The others
+# (attention path, compute dtype, layer unrolling) only change how the same weights are used,
+# so checkpoints written before such a field existed still load, with its default.
+SHAPE_FIELDS = ("vocab_size", "max_len", "n_layer", "n_head", "d_model")
+
+
+def _check_gpt_shapes(path, params, cfg: GPTConfig) -> None:
+    """Every GPT in `params` (the tree itself, or subtrees such as a reward model's "backbone":
+    any dict holding "wte") must have exactly the arrays and shapes `init_params(cfg)` creates.
+    A mismatch would otherwise fail deep inside `forward`, or not fail at all (JAX clamps
+    out-of-range embedding lookups)."""
+    if not isinstance(params, dict):
+        return
+    if "wte" not in params:
+        for value in params.values():
+            _check_gpt_shapes(path, value, cfg)
+        return
+    expected = jax.eval_shape(lambda: init_params(jax.random.PRNGKey(0), cfg))
+    want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+    got = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    if want.keys() != got.keys():
+        raise ValueError(f"checkpoint {path}: GPT parameters {sorted(got.keys() ^ want.keys())} "
+                         f"are missing or unexpected for its config")
+    for name, shape in got.items():
+        if shape != want[name]:
+            raise ValueError(f"checkpoint {path}: parameter {name} has shape {shape}, but the "
+                             f"checkpoint's config {cfg} expects {want[name]}")

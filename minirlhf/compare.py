@@ -4,13 +4,13 @@ Every run here is a pure function of its PRNG key (and of a traced beta), so man
 many betas train in ONE compiled call: `jax.jit(jax.vmap(jax.vmap(run, (None, 0)), (0, None)))`
 (the PureJaxRL pattern). Four experiments:
 
-1. `frontier_sweep`: exact (KL(pi || pi_ref), E_pi[r]) of PPO / DPO / IPO / best-of-n against
+1. the frontier (`sweep` over `ppo_point` / `pref_point` / best-of-n): exact (KL(pi || pi_ref), E_pi[r]) of PPO / DPO / IPO / best-of-n against
    the optimal frontier of pi*_beta = pi_ref exp(r / beta) / Z (Rafailov et al. 2023, eq. 4).
    Because pi*_beta maximises E[r] - beta KL, no policy lies above the frontier at its own KL.
-2. `ood_experiment`: preference pairs that cover only a subset S of the responses (Xu et al.
+2. out-of-distribution pairs (`compare_ood.ood_run`): preference pairs that cover only a subset S of the responses (Xu et al.
    2024, "Is DPO Superior to PPO for LLM Alignment?", sec. 4): DPO vs PPO on a reward model
    fitted to the same pairs, and the remedies (SFT on the chosen responses, online DPO).
-3. `overoptimisation`: PPO and best-of-n against a Bradley-Terry proxy fitted on a few pairs,
+3. overoptimisation (`compare_ood.overopt_run`): PPO and best-of-n against a Bradley-Terry proxy fitted on a few pairs,
    gold reward vs d = sqrt(KL) (Gao et al. 2022, "Scaling laws for reward model
    overoptimization", eqs. 1-2), with least-squares fits of their functional forms.
 (4. the capitals-world table lives in `compare_capitals.py`.)
@@ -94,8 +94,13 @@ class PrefTrainConfig:
 
 
 def pair_loss(logp, ref_logp, pairs: et.PreferencePairs, beta, loss_type: str):
-    """(1/M) sum_m loss(pair m) with the library losses on one pair at a time.
-    logp, ref_logp: [P, N]; pairs: M (prompt, chosen, rejected) triples."""
+    """(1/M) sum_m loss(pair m) with the library losses on one pair at a time:
+
+        h_m = (logp[x_m, w_m] - ref_logp[x_m, w_m]) - (logp[x_m, l_m] - ref_logp[x_m, l_m])
+        "dpo" (dpo.dpo_loss):  loss = -log sigma(beta h_m)          (Rafailov et al. 2023, eq. 7)
+        "ipo" (dpo.ipo_loss):  loss = (h_m - 1 / (2 beta))^2        (Azar et al. 2023, eq. 17)
+
+    logp, ref_logp: [P, N]; pairs: M (prompt x_m, chosen w_m, rejected l_m) triples."""
     def seq(table, idx):
         return table[pairs.prompt_ids, idx]  # [M] summed sequence log-probs
 
@@ -159,7 +164,8 @@ def sweep(point_fn, betas, keys) -> ExactPoint:
 def fit_bt_reward(pairs: et.PreferencePairs, shape, l2: float, n_steps: int = 300,
                   learning_rate: float = 0.1) -> jax.Array:
     """A tabular reward model r_phi [P, N] (init 0) fitted by Bradley-Terry maximum likelihood
-    (InstructGPT eq. 1, `bradley_terry_loss`) plus (l2 / 2) mean r_phi^2, which keeps
+    (InstructGPT eq. 1, `bradley_terry_loss`, a mean over the M pairs) plus the Gaussian-prior
+    term (l2 / 2) sum_{x,y} r_phi(x, y)^2 / M (the MAP objective divided by M), which keeps
     separable data finite and leaves responses absent from the pairs at 0."""
     tx = optax.adam(learning_rate)
 

@@ -4,8 +4,11 @@
      "chosen": " The capital of France is Paris.",
      "rejected": " The capital of France is Berlin.", ...extra fields...}
 
-"prompt", "chosen" and "rejected" are required strings; any other field (e.g. the
-rater's probability "p_chosen", eos flags, gold rewards) is carried along untouched.
+"prompt", "chosen" and "rejected" are required strings.  The optional fields the package
+reads are checked when present: "chosen_ended"/"rejected_ended" (bool: did the response end
+with <eos>?), "p_chosen" (the rater's probability, a number in [0, 1]) and
+"chosen_gold_reward"/"rejected_gold_reward" (finite numbers).  Any other field is carried
+along untouched.
 Writing is atomic (a temp file renamed over the target), so a crash never leaves a
 half-written file; reading validates every line and names the file, the line, the
 field, and what was expected.
@@ -14,12 +17,15 @@ field, and what was expected.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 REQUIRED_FIELDS = ("prompt", "chosen", "rejected")
+BOOL_FIELDS = ("chosen_ended", "rejected_ended")
+NUMBER_FIELDS = ("p_chosen", "chosen_gold_reward", "rejected_gold_reward")
 
 
 def validate_record(record, where: str) -> dict:
@@ -34,6 +40,18 @@ def validate_record(record, where: str) -> dict:
         if not isinstance(record[field], str):
             raise ValueError(f"{where}: field {field!r}: expected str, got "
                              f"{type(record[field]).__name__} ({record[field]!r})")
+    for field in BOOL_FIELDS:
+        if field in record and not isinstance(record[field], bool):
+            raise ValueError(f"{where}: field {field!r}: expected true or false, got "
+                             f"{record[field]!r}")
+    for field in NUMBER_FIELDS:
+        value = record.get(field)
+        if field in record and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                or not math.isfinite(value)):
+            raise ValueError(f"{where}: field {field!r}: expected a finite number, got {value!r}")
+    if "p_chosen" in record and not 0.0 <= record["p_chosen"] <= 1.0:
+        raise ValueError(f"{where}: field 'p_chosen': expected a probability in [0, 1], got "
+                         f"{record['p_chosen']!r}")
     return dict(record)
 
 
@@ -57,17 +75,26 @@ def write_preferences(path, records: Iterable[Mapping]) -> Path:
 
 
 def read_preferences(path) -> list[dict]:
-    """Read and validate a preference JSONL file (line numbers in errors start at 1)."""
+    """Read and validate a preference JSONL file (line numbers in errors start at 1); a file
+    with no records is an error too."""
     path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); expected JSON Lines") from None
+    lines = text.split("\n")          # not splitlines(): JSON strings may hold U+2028 etc.
+    if lines[-1] == "":
+        lines.pop()                      # the newline that ends the last line
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            where = f"{path} line {lineno}"
-            if not line.strip():
-                raise ValueError(f"{where}: empty line (expected a JSON object)")
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-            records.append(validate_record(record, where))
+    for lineno, line in enumerate(lines, start=1):
+        where = f"{path} line {lineno}"
+        if not line.strip():
+            raise ValueError(f"{where}: empty line (expected a JSON object)")
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        records.append(validate_record(record, where))
+    if not records:
+        raise ValueError(f"{path}: no records (an empty file; expected one JSON object per line)")
     return records

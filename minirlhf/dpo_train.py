@@ -37,7 +37,7 @@ from tokenizers import Tokenizer
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
 from minirlhf.data import read_preferences
 from minirlhf.dpo import dpo_loss, ipo_loss
-from minirlhf.model import GPTConfig, sequence_logprobs
+from minirlhf.model import GPTConfig, check_fields, sequence_logprobs
 from minirlhf.paths import runs_dir
 from minirlhf.pretrain import SEQ_LEN, corpus_arrays, ensure_tokenizer, ptx_loss, with_ptx_rows
 from minirlhf.reward_data import encode_responses, ensure_preferences, needed_length
@@ -77,8 +77,10 @@ class DPOConfig:
     """Seeds the batch order."""
 
     def __post_init__(self):
-        if self.ptx_coef < 0:
-            raise ValueError(f"DPOConfig.ptx_coef: expected >= 0, got {self.ptx_coef}")
+        check_fields(self, counts=("steps", "batch_size"), positive=("lr",),
+                     non_negative=("warmup_steps", "weight_decay", "ptx_coef"))
+        if not self.warmup_steps <= self.steps:
+            raise ValueError(f"DPOConfig.warmup_steps: expected <= steps={self.steps}, got {self.warmup_steps}")
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"DPOConfig.loss_type: expected one of {LOSS_TYPES}, got {self.loss_type!r}")
         if not self.beta > 0:
@@ -91,6 +93,7 @@ class DPOConfig:
 
     @classmethod
     def smoke(cls) -> "DPOConfig":
+        """A tiny run (4 steps of 8 pairs) for the --smoke lessons and the tests."""
         return cls(steps=4, batch_size=8, warmup_steps=1)
 
 
@@ -152,8 +155,16 @@ def with_reference_logps(arrays: dict, ref_params, cfg: GPTConfig) -> dict:
 
 def preference_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
                     reference_rejected_logps, dcfg: DPOConfig):
-    """The loss selected by dcfg: DPO (eq. 7), cDPO (label smoothing) or IPO (Azar et al. eq. 17),
-    all from `dpo.py`.  Four [B] arrays of summed log-probs -> (loss, metrics with TRL names)."""
+    """The loss selected by dcfg, all from `dpo.py`.  With
+    h = (log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x)) and eps =
+    dcfg.label_smoothing:
+
+        "dpo", eps = 0  (dpo_loss):  L = -mean log sigma(beta h)        (Rafailov et al. 2023, eq. 7)
+        "dpo", eps > 0  (dpo_loss):  L = -mean [(1 - eps) log sigma(beta h) + eps log sigma(-beta h)]
+                                                                   (conservative DPO, Mitchell 2023)
+        "ipo"           (ipo_loss):  L = mean (h - 1 / (2 beta))^2  (Azar et al. 2023, eq. 17)
+
+    Four [B] arrays of summed log-probs -> (loss, metrics with TRL names)."""
     args = (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
     if dcfg.loss_type == "ipo":
         return ipo_loss(*args, dcfg.beta)
@@ -253,7 +264,7 @@ def load_pair_arrays(tok: Tokenizer, path, cfg: GPTConfig) -> dict:
     """A preference JSONL file -> `encode_pairs` arrays, as wide as the longest pair needs
     (at least SEQ_LEN, at most cfg.max_len)."""
     records = read_preferences(path)
-    width = max(SEQ_LEN, needed_length(tok, records))
+    width = max(SEQ_LEN, needed_length(tok, records, source=str(path)))
     if width > cfg.max_len:
         raise ValueError(f"{path}: a pair needs {width} tokens > GPTConfig.max_len={cfg.max_len}")
     return encode_pairs(tok, records, width)

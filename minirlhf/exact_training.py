@@ -98,7 +98,15 @@ class TabularPPOConfig:
 
 
 def ppo_loss_fn(cfg: TabularPPOConfig):
-    """The tabular policy's PPO loss for `ppo.ppo_update`: clipped surrogate + vf_coef * value loss."""
+    """The tabular policy's PPO loss for `ppo.ppo_update`: clipped surrogate + vf_coef * value loss,
+
+        rho_t = exp(log pi_theta(a_t) - log pi_old(a_t))
+        L_clip = masked_mean( max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps)) )
+                                                        (ppo.policy_loss; Schulman et al. 2017, eq. 7)
+        L_V = 0.5 masked_mean( (V - R)^2 ), or with clip_eps_v the clipped form (ppo.value_loss)
+        L = L_clip + vf_coef * L_V                      (Schulman et al. 2017, eq. 9 without entropy)
+
+    Returns loss_fn(params, minibatch) -> (L, policy/* and value/* metrics)."""
     def loss_fn(params, mb):
         new_logps = tabular.token_logprobs(params, mb["prompt_ids"], mb["responses"])  # [b, K]
         pg_loss, metrics = ppo.policy_loss(new_logps, mb["old_logps"], mb["advantages"],
@@ -251,7 +259,12 @@ def _pair_losses(policy_chosen, policy_rejected, reference_chosen, reference_rej
 
 @partial(jax.jit, static_argnums=4)
 def preference_loss(params, ref_params, world: ExactWorld, pairs: PreferencePairs, cfg):
-    """Mean loss over a batch of pairs, with summed token log-probs like a language model."""
+    """Mean loss over a batch of M pairs, with summed token log-probs like a language model:
+
+        h_m = (log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))
+        "dpo": L = -(1/M) sum_m [(1 - eps) log sigma(beta h_m) + eps log sigma(-beta h_m)]
+               (Rafailov et al. 2023, eq. 7; eps = cfg.label_smoothing > 0: conservative DPO)
+        "ipo": L = (1/M) sum_m (h_m - 1 / (2 beta))^2   (Azar et al. 2023, eq. 17)"""
     def seq_logps(p, idx):
         return tabular.token_logprobs(p, pairs.prompt_ids, world.responses[idx]).sum(-1)  # [M]
 

@@ -26,12 +26,39 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 NEG_INF = -1e9  # finite "minus infinity": a fully masked row gives a uniform softmax, never NaN
+
+_FIELD_RULES = (  # (keyword of check_fields, expected range as printed, test written NaN-safe)
+    ("counts", "an integer >= 1", lambda v: isinstance(v, numbers.Integral) and v >= 1),
+    ("positive", "> 0", lambda v: v > 0),
+    ("non_negative", ">= 0", lambda v: v >= 0),
+    ("unit", "in [0, 1]", lambda v: 0 <= v <= 1),
+)
+
+
+def check_fields(cfg, **fields_by_rule) -> None:
+    """Validate a config in its `__post_init__`: e.g. `check_fields(self, counts=("steps",),
+    positive=("lr",))` raises ValueError("SFTConfig.lr: expected > 0, got -0.1") for the first
+    field outside its range.  Rules: counts (integer >= 1), positive (> 0), non_negative (>= 0),
+    unit (in [0, 1]).  NaN and values of the wrong type fail every rule."""
+    unknown = set(fields_by_rule) - {rule for rule, _, _ in _FIELD_RULES}
+    if unknown:
+        raise TypeError(f"check_fields: unknown rules {sorted(unknown)}")
+    for rule, expected, ok in _FIELD_RULES:
+        for name in fields_by_rule.get(rule, ()):
+            value = getattr(cfg, name)
+            try:
+                valid = bool(ok(value))
+            except TypeError:   # e.g. a string where a number belongs
+                valid = False
+            if not valid:
+                raise ValueError(f"{type(cfg).__name__}.{name}: expected {expected}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +92,8 @@ class GPTConfig:
     "float64" (for gradient checks; needs `jax.experimental.enable_x64`)."""
 
     def __post_init__(self):
+        check_fields(self, counts=("vocab_size", "max_len", "n_layer", "n_head", "d_model",
+                                   "mlp_ratio"))   # first: n_head = 0 must not reach the modulo
         if self.d_model % self.n_head:
             raise ValueError(f"GPTConfig: d_model={self.d_model} is not divisible by n_head={self.n_head}")
         if self.attention not in ("explicit", "fused"):
@@ -75,6 +104,7 @@ class GPTConfig:
 
     @property
     def d_head(self) -> int:
+        """Width of one attention head: d_model // n_head."""
         return self.d_model // self.n_head
 
 
@@ -109,6 +139,7 @@ def init_scalar_head(key: jax.Array, cfg: GPTConfig) -> dict:
 
 
 def count_params(params) -> int:
+    """Total number of scalars in a parameter pytree."""
     return sum(x.size for x in jax.tree_util.tree_leaves(params))
 
 
@@ -260,6 +291,7 @@ def block(x, p, key_mask, cfg: GPTConfig):
 # ----------------------------------------------------------------------------- forward
 
 def embed(params, tokens, positions, cfg: GPTConfig):
+    """h_0 = W_te[x_t] + W_pe[pos_t] in the compute dtype. tokens, positions [B, T] -> [B, T, D]."""
     dtype = jnp.dtype(cfg.compute_dtype)
     return (params["wte"][tokens] + params["wpe"][positions]).astype(dtype)  # [B, T, D]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,14 +39,32 @@ def figures_dir(smoke: bool) -> Path:
     return path
 
 
-def lesson_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse a lesson's flags: --smoke (tiny config, seconds; used by the tests) and --seed.
+def seed_arg(text: str) -> int:
+    """argparse type of --seed: a non-negative integer (numpy Generators reject negative seeds)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {seed}")
+    return seed
 
-    Unknown arguments are ignored, so the lessons also run inside Jupyter (whose kernel
-    passes its own flags)."""
+
+def lesson_args(argv: list[str] | None = None, extra: tuple = ()) -> argparse.Namespace:
+    """Parse a lesson's flags: --smoke (tiny config, seconds; used by the tests), --seed, and a
+    lesson's own flags `extra`, as (flag, argparse keyword arguments) pairs.
+
+    A misspelt flag is an error (a typo must not silently start the full run).  The one
+    exception is a Jupyter kernel, which passes flags of its own: `-f <connection file>` is
+    accepted always, and inside a kernel unknown flags are ignored, so the lessons also run
+    as notebooks."""
     parser = argparse.ArgumentParser(description="Run a minirlhf lesson top to bottom.")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny configuration that finishes in seconds (used by tests)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
-    args, _unknown = parser.parse_known_args(argv)
-    return args
+    parser.add_argument("--seed", type=seed_arg, default=0, help="seed of every random choice")
+    for flag, kwargs in extra:
+        parser.add_argument(flag, **kwargs)
+    parser.add_argument("-f", dest="jupyter_connection_file", help=argparse.SUPPRESS)
+    if "ipykernel" in sys.modules:
+        return parser.parse_known_args(argv)[0]
+    return parser.parse_args(argv)

@@ -3,7 +3,7 @@
 Every array here is per token, [B, T], with `mask [B, T]` = 1 exactly on the response tokens
 (the actions). Prompt and pad positions are not actions: they contribute nothing to any loss,
 advantage or statistic, whatever values they hold. Token t's log-prob `logps[:, t]` and value
-`values[:, t]` belong to the state *before* token t is generated (see CONVENTIONS.md).
+`values[:, t]` belong to the state *before* token t is generated (the README's conventions).
 
 The pieces, in the order of one PPO iteration (Ziegler et al. 2019; Stiennon et al. 2020;
 Ouyang et al. 2022):
@@ -20,6 +20,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from minirlhf.model import check_fields
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -46,7 +48,8 @@ def kl_k3(logratio: jax.Array) -> jax.Array:
 
     Unbiased (E_{pi_theta}[r] = 1, so E[k3] = E[-log r] = KL) and >= 0 (log r <= r - 1).
     Written as expm1(-logratio) + logratio so it is accurate near 0, where
-    k3 ~ logratio^2 / 2, and finite for large |logratio|.
+    k3 ~ logratio^2 / 2.  It grows like exp(-logratio) for logratio << 0 and overflows to inf
+    in float32 below about -88 (pi_theta far below pi_ref on a sampled token).
     """
     return jnp.expm1(-logratio) + logratio
 
@@ -55,9 +58,14 @@ KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
 def kl_estimate(logratio: jax.Array, kind: str) -> jax.Array:
-    """Per-sample estimate of KL(pi_theta || pi_ref), logratio = log pi_theta - log pi_ref.
+    """Per-sample estimate of KL(pi_theta || pi_ref), logratio = log pi_theta - log pi_ref,
+    y ~ pi_theta (Schulman 2020, "Approximating KL divergence"):
 
-    kind: "k1" | "k2" | "k3" (Schulman 2020). Shapes pass through.
+        "k1" (kl_k1):  k1 = logratio                                  unbiased, can be < 0
+        "k2" (kl_k2):  k2 = logratio^2 / 2                            biased, >= 0
+        "k3" (kl_k3):  k3 = (r - 1) - log r,  r = exp(-logratio)      unbiased, >= 0
+
+    Shapes pass through.
     """
     if kind not in KL_ESTIMATORS:
         raise ValueError(f"ppo.py kl_estimate: kind must be one of {list(KL_ESTIMATORS)}, "
@@ -105,12 +113,16 @@ class KLControllerConfig:
     k_beta: float = 1.0
     """Gain K_beta. lm-human-preferences/TRL effectively use K_beta * n_steps / horizon."""
 
+    def __post_init__(self):
+        check_fields(self, positive=("target", "horizon"), non_negative=("init_beta", "k_beta"))
+
 
 class KLControllerState(NamedTuple):
     beta: jax.Array  # [] current KL coefficient
 
 
 def kl_controller_init(cfg: KLControllerConfig) -> KLControllerState:
+    """The controller's starting state: beta = cfg.init_beta."""
     return KLControllerState(beta=jnp.asarray(cfg.init_beta, jnp.float32))
 
 
@@ -245,6 +257,9 @@ class PPOUpdateConfig:
     """Passes over each rollout batch (K epochs in Schulman et al. 2017)."""
     n_minibatches: int = 4
     """Minibatches per epoch; the batch size must be divisible by it."""
+
+    def __post_init__(self):
+        check_fields(self, counts=("n_epochs", "n_minibatches"))
 
 
 def ppo_update(train_state, batch, key: jax.Array, loss_fn: Callable, cfg: PPOUpdateConfig):

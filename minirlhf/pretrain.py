@@ -18,14 +18,14 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
-from minirlhf.model import GPTConfig, cross_entropy_loss, forward, init_params
+from minirlhf.model import GPTConfig, check_fields, cross_entropy_loss, forward, init_params
 from minirlhf.paths import runs_dir
 from minirlhf.tokenizer import encode_batch, load_or_train_tokenizer
 from minirlhf.training import (Progress, batches, init_train_state, make_optimizer,
                                make_train_step)
 from minirlhf.worlds.capitals import CapitalsConfig, make_corpus, tokenizer_training_texts
 
-SEQ_LEN = 50  # longest corpus document is 48 tokens + bos + eos; see lesson 01
+SEQ_LEN = 50  # longest corpus document is 47 tokens + bos + eos; see lesson 01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +47,13 @@ class PretrainConfig:
     seed: int = 0
     """Seeds the init and the batch order."""
 
+    def __post_init__(self):
+        check_fields(self, counts=("steps", "batch_size"), positive=("lr",),
+                     non_negative=("weight_decay",))
+
     @classmethod
     def smoke(cls) -> "PretrainConfig":
+        """A 1-layer, 32-wide GPT trained for 30 steps: for the --smoke lessons and the tests."""
         return cls(model=GPTConfig(vocab_size=512, max_len=64, n_layer=1, n_head=2, d_model=32),
                    steps=30, batch_size=16)
 
@@ -67,7 +72,13 @@ def corpus_arrays(tok: Tokenizer, world: CapitalsConfig = CapitalsConfig()) -> d
 
 
 def lm_loss(params, batch, cfg: GPTConfig):
-    """Masked next-token cross-entropy of a batch {tokens, attention_mask, loss_mask}."""
+    """Masked next-token cross-entropy of a batch {tokens, attention_mask, loss_mask}:
+
+        L(theta) = -(1/N) sum_{b, t > 0: m_bt = 1} log p_theta(x_bt | x_b,<t)
+
+    m = loss_mask, N = the number of (b, t > 0) with m_bt = 1; column 0 is never scored (nothing
+    precedes it).  The GPT pretraining objective (Radford et al. 2018, eq. 1; 2019), averaged
+    per token.  -> (loss, {})."""
     logits = forward(params, batch["tokens"], batch["attention_mask"], cfg).logits   # [B, T, V]
     loss = cross_entropy_loss(logits, batch["tokens"], batch["loss_mask"])
     return loss, {}

@@ -40,7 +40,7 @@ from tokenizers import Tokenizer
 from minirlhf.bradley_terry import bradley_terry_loss
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
 from minirlhf.evaluation import sample_answers
-from minirlhf.model import GPTConfig, forward, init_scalar_head, reward_from_hidden
+from minirlhf.model import GPTConfig, check_fields, forward, init_scalar_head, reward_from_hidden
 from minirlhf.paths import runs_dir
 from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
 from minirlhf.reward_data import (
@@ -94,8 +94,14 @@ class RewardConfig:
     seed: int = 0
     """Seeds the head init, the batch order and the reference samples."""
 
+    def __post_init__(self):
+        check_fields(self, counts=("steps_head", "steps_full", "batch_size", "eval_every",
+                                   "n_reference_per_prompt"),
+                     positive=("lr_head", "lr_full"), non_negative=("weight_decay",))
+
     @classmethod
     def smoke(cls) -> RewardConfig:
+        """A tiny run (6 steps per regime, batches of 8 pairs) for the --smoke lessons and the tests."""
         return cls(steps_head=6, steps_full=6, batch_size=8, eval_every=3, n_reference_per_prompt=2)
 
     def steps(self, regime: str) -> int:
@@ -347,7 +353,7 @@ def build_reward_model(smoke: bool, quiet: bool = False):
     higher held-out gold agreement, normalise it, save it.  -> (rm_params, cfg, meta)."""
     rcfg = RewardConfig.smoke() if smoke else RewardConfig()
     tok, (sft_params, cfg) = ensure_tokenizer(smoke), ensure_sft_model(smoke)
-    data = load_preference_data(tok, ensure_preferences(smoke), SEQ_LEN)
+    data = load_preference_data(tok, ensure_preferences(smoke), SEQ_LEN, model_max_len=cfg.max_len)
     k_head, k_ref = jax.random.split(jax.random.PRNGKey(rcfg.seed))
     init = init_reward_model(k_head, sft_params, cfg)
     results = {}

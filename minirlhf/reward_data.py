@@ -39,7 +39,7 @@ from tokenizers import Tokenizer
 
 from minirlhf.data import read_preferences, write_preferences
 from minirlhf.evaluation import sample_answers
-from minirlhf.model import GPTConfig
+from minirlhf.model import GPTConfig, check_fields
 from minirlhf.paths import runs_dir
 from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
 from minirlhf.sft import ensure_sft_model
@@ -71,8 +71,13 @@ class PreferenceConfig:
     world: CapitalsConfig = dataclasses.field(default_factory=CapitalsConfig)
     """The capitals world; its rater_tau is the rater's temperature."""
 
+    def __post_init__(self):
+        check_fields(self, counts=("pairs_per_prompt", "eval_pairs_per_prompt"),
+                     positive=("temperature",))
+
     @classmethod
     def smoke(cls) -> PreferenceConfig:
+        """4 pairs per prompt instead of 24: for the --smoke lessons and the tests."""
         return cls(pairs_per_prompt=4, eval_pairs_per_prompt=4)
 
 
@@ -180,10 +185,13 @@ def _gold(record: dict, which: str) -> float:
         return float("nan")
 
 
-def needed_length(tok: Tokenizer, records: Sequence[dict]) -> int:
-    """Longest `<bos> prompt response <eos>` over both responses of every record."""
-    lengths = [2 + len(encode_text(tok, r["prompt"])) + len(encode_text(tok, r[w]))
-               for r in records for w in ("chosen", "rejected")]
+def needed_length(tok: Tokenizer, records: Sequence[dict], source: str = "records") -> int:
+    """Longest `<bos> prompt response <eos>` over both responses of every record.  A character
+    the tokenizer cannot encode is a ValueError naming `source` (e.g. the file), line and field."""
+    def n_tokens(i, r, field):
+        return len(encode_text(tok, r[field], what=f"{source} line {i} field {field!r}"))
+    lengths = [2 + n_tokens(i, r, "prompt") + n_tokens(i, r, w)
+               for i, r in enumerate(records, start=1) for w in ("chosen", "rejected")]
     return max(lengths, default=0)
 
 
@@ -202,9 +210,15 @@ def encode_preferences(tok: Tokenizer, records: Sequence[dict], max_len: int = S
                           gold["chosen"], gold["rejected"], p_chosen)
 
 
-def load_preference_data(tok: Tokenizer, paths: dict[str, Path], max_len: int) -> dict[str, PreferenceData]:
+def load_preference_data(tok: Tokenizer, paths: dict[str, Path], max_len: int,
+                         model_max_len: int | None = None) -> dict[str, PreferenceData]:
     """{split: path} -> {split: PreferenceData}, every split at the same width (one jit shape):
-    max_len, or longer (up to what the files need) when a response does not fit."""
+    max_len, or longer (up to what the files need) when a response does not fit.  A file that
+    needs more than model_max_len tokens (the model's GPTConfig.max_len) is a ValueError."""
     records = {s: read_preferences(p) for s, p in paths.items()}
-    width = max([max_len] + [needed_length(tok, r) for r in records.values()])
+    needed = {s: needed_length(tok, r, source=str(paths[s])) for s, r in records.items()}
+    for s, n in needed.items():
+        if model_max_len is not None and n > model_max_len:
+            raise ValueError(f"{paths[s]}: a pair needs {n} tokens > GPTConfig.max_len={model_max_len}")
+    width = max([max_len, *needed.values()])
     return {s: encode_preferences(tok, r, width) for s, r in records.items()}

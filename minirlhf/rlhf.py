@@ -30,7 +30,7 @@ Policy and value function (`PPOConfig.value_model`):
 minutes) is compute-bound, and it already trains well: see lesson 05's numbers.
 
 Alignment: values[:, t] = V(tokens[:, <t]), the value of the state in which token t is chosen
-(read from the hidden state of column t - 1), like logps[:, t] (see CONVENTIONS.md).
+(read from the hidden state of column t - 1), like logps[:, t] (the README's conventions).
 """
 
 from __future__ import annotations
@@ -51,7 +51,14 @@ from tokenizers import Tokenizer
 from minirlhf import ppo
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
 from minirlhf.evaluation import MAX_NEW_TOKENS, PROMPT_LEN, gold_metrics, sample_answers
-from minirlhf.model import GPTConfig, forward, init_scalar_head, scalar_head, token_logprobs
+from minirlhf.model import (
+    GPTConfig,
+    check_fields,
+    forward,
+    init_scalar_head,
+    scalar_head,
+    token_logprobs,
+)
 from minirlhf.paths import runs_dir
 from minirlhf.pretrain import corpus_arrays, ensure_tokenizer, ptx_loss, with_ptx_rows
 from minirlhf.reward import ensure_reward_model, reward_forward
@@ -121,8 +128,11 @@ class PPOConfig:
     """Seeds the value head, every rollout and every minibatch order."""
 
     def __post_init__(self):
-        if self.ptx_coef < 0:
-            raise ValueError(f"PPOConfig.ptx_coef: expected >= 0, got {self.ptx_coef}")
+        check_fields(self, counts=("n_iterations", "batch_size", "prompt_len", "max_new_tokens"),
+                     positive=("lr", "max_grad_norm", "clip_eps", "temperature"),
+                     non_negative=("vf_coef", "ent_coef", "ptx_coef"), unit=("gamma", "lam"))
+        if self.clip_eps_v is not None and not self.clip_eps_v > 0:
+            raise ValueError(f"PPOConfig.clip_eps_v: expected None or > 0, got {self.clip_eps_v}")
         if self.value_model not in VALUE_MODELS:
             raise ValueError(f"PPOConfig.value_model: expected one of {VALUE_MODELS}, got {self.value_model!r}")
         if self.kl_kind not in ppo.KL_ESTIMATORS:
@@ -130,11 +140,10 @@ class PPOConfig:
         if self.batch_size % self.update.n_minibatches:
             raise ValueError(f"PPOConfig: batch_size={self.batch_size} is not divisible by "
                              f"update.n_minibatches={self.update.n_minibatches}")
-        if self.temperature <= 0:
-            raise ValueError(f"PPOConfig.temperature: expected > 0, got {self.temperature}")
 
     @classmethod
     def smoke(cls) -> "PPOConfig":
+        """A tiny run (3 iterations of 16 rollouts) for the --smoke lessons and the tests."""
         return cls(n_iterations=3, batch_size=16, update=ppo.PPOUpdateConfig(1, 2), lr=1e-4)
 
 
@@ -182,6 +191,7 @@ def ppo_optimizer(lr: float, max_grad_norm: float) -> optax.GradientTransformati
 
 
 def init_ppo_state(policy_params, rm_params, model_cfg: GPTConfig, cfg: PPOConfig, key) -> PPOState:
+    """PPOState at iteration 0: `init_ppo_params`, fresh Adam state, beta = cfg.kl.init_beta."""
     params = init_ppo_params(policy_params, rm_params, model_cfg, cfg, key)
     ts = TrainState.create(apply_fn=None, params=params, tx=ppo_optimizer(cfg.lr, cfg.max_grad_norm))
     return PPOState(ts, ppo.kl_controller_init(cfg.kl))

@@ -23,6 +23,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
+from minirlhf.model import check_fields
 from minirlhf.paths import runs_dir
 from minirlhf.pretrain import SEQ_LEN, corpus_arrays, ensure_base_model, ensure_tokenizer, train_lm
 from minirlhf.tokenizer import encode_batch
@@ -49,8 +50,13 @@ class SFTConfig:
     seed: int = 0
     """Seeds the batch order."""
 
+    def __post_init__(self):
+        check_fields(self, counts=("steps", "demo_repeats", "batch_size"), positive=("lr",),
+                     non_negative=("weight_decay",))
+
     @classmethod
     def smoke(cls) -> "SFTConfig":
+        """A tiny run (10 steps of 16 rows) for the --smoke lessons and the tests."""
         return cls(steps=10, batch_size=16)
 
 

@@ -12,7 +12,7 @@ Special tokens have fixed ids shared by the whole package:
     <pad> = 0    <bos> = 1    <eos> = 2        (pad != eos: a padded position is never
                                                 confused with a real end of sequence)
 
-Layouts (see notes/CONVENTIONS.md):
+Layouts (the README's "Conventions used everywhere"):
 
     training batch   <bos> prompt response <eos> <pad>...     RIGHT-padded   encode_batch
     prompt batch     <pad>... <bos> prompt                     LEFT-padded    encode_prompts

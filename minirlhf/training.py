@@ -33,6 +33,7 @@ def make_optimizer(lr: float, total_steps: int, warmup_steps: int = 20, weight_d
 
 
 def init_train_state(params, optimizer) -> TrainState:
+    """TrainState at step 0: `params`, the optimizer's fresh state."""
     return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
@@ -91,4 +92,5 @@ class Progress:
         print(f"[{self.name}] step {step:>5}/{self.total}  {shown}  ({rate:.1f} steps/s)", flush=True)
 
     def elapsed(self) -> float:
+        """Seconds since this Progress was created."""
         return time.perf_counter() - self.t0

@@ -139,3 +139,41 @@ def test_missing_field_raises_value_error_naming_it(tmp_path, field):
 def test_missing_file_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.msgpack"):
         load_checkpoint(tmp_path / "nope.msgpack")
+
+
+@pytest.mark.parametrize("field", checkpoint.SHAPE_FIELDS)
+def test_config_without_a_shape_field_raises_instead_of_defaulting(tmp_path, field):
+    path = save_checkpoint(tmp_path / "ckpt.msgpack", make_tree(9), CFG)
+    doc = serialization.msgpack_restore(path.read_bytes())
+    _rewrite(path, config={k: v for k, v in doc["config"].items() if k != field})
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}.*lacks.*{field}"):
+        load_checkpoint(path)
+
+
+def test_config_without_a_non_shape_field_loads_with_its_default(tmp_path):
+    path = save_checkpoint(tmp_path / "ckpt.msgpack", make_tree(10), CFG)
+    doc = serialization.msgpack_restore(path.read_bytes())
+    _rewrite(path, config={k: v for k, v in doc["config"].items() if k != "attention"})
+    assert load_checkpoint(path)[1].attention == GPTConfig.attention   # an older checkpoint
+
+
+@pytest.mark.parametrize("change, name", [({"d_model": 16}, "blocks"), ({"max_len": 8}, "wpe"),
+                                          ({"n_layer": 3}, "blocks")])
+def test_weights_that_do_not_fit_the_config_raise_naming_the_parameter(tmp_path, change, name):
+    path = save_checkpoint(tmp_path / "ckpt.msgpack", make_tree(11), CFG)
+    doc = serialization.msgpack_restore(path.read_bytes())
+    _rewrite(path, config={**doc["config"], **change})
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: parameter .*{name}.* has shape"):
+        load_checkpoint(path)
+
+
+def test_bad_meta_and_bad_config_values_raise_naming_the_file(tmp_path):
+    path = save_checkpoint(tmp_path / "ckpt.msgpack", make_tree(12), CFG)
+    _rewrite(path, meta="{not json")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: field 'meta'"):
+        load_checkpoint(path)
+    path = save_checkpoint(tmp_path / "ckpt.msgpack", make_tree(12), CFG)
+    doc = serialization.msgpack_restore(path.read_bytes())
+    _rewrite(path, config={**doc["config"], "n_head": 3})      # 32 % 3 != 0
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: invalid config"):
+        load_checkpoint(path)

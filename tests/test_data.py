@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from minirlhf.data import read_preferences, write_preferences
+from minirlhf.data import read_preferences, validate_record, write_preferences
 
 REC = {"prompt": "What's the capital of France?", "chosen": " The capital of France is Paris.",
        "rejected": " The capital of France is Berlin.", "p_chosen": 0.98}
@@ -57,4 +57,34 @@ def test_non_object_line_and_empty_line(tmp_path):
         read_preferences(path)
     path = _write_lines(tmp_path, [json.dumps(REC), ""])
     with pytest.raises(ValueError, match=r"line 2: empty line"):
+        read_preferences(path)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("chosen_ended", "false", "expected true or false, got 'false'"),   # bool("false") is True
+    ("rejected_ended", 1, "expected true or false, got 1"),
+    ("p_chosen", 1.7, r"expected a probability in \[0, 1\], got 1.7"),
+    ("p_chosen", None, "expected a finite number, got None"),
+    ("chosen_gold_reward", "high", "expected a finite number, got 'high'"),
+    ("rejected_gold_reward", True, "expected a finite number, got True"),
+])
+def test_optional_fields_the_package_reads_are_checked(tmp_path, field, value, expected):
+    path = _write_lines(tmp_path, [json.dumps(REC), json.dumps({**REC, field: value})])
+    with pytest.raises(ValueError, match=rf"line 2: field '{field}': {expected}"):
+        read_preferences(path)
+
+
+def test_valid_optional_fields_and_unknown_fields_pass():
+    rec = {**REC, "chosen_ended": False, "p_chosen": 0.25, "chosen_gold_reward": -1, "note": [1]}
+    assert validate_record(rec, "x") == rec
+
+
+def test_empty_and_non_utf8_files_name_the_file(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    with pytest.raises(ValueError, match=r"empty\.jsonl: no records"):
+        read_preferences(path)
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(json.dumps({**REC, "prompt": "caf\u00e9"}, ensure_ascii=False).encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.jsonl: not UTF-8 text"):
         read_preferences(path)

@@ -1,5 +1,7 @@
 """Run and figure directories, the MINIRLHF_RUNS override, and the lessons' flags."""
 
+import pytest
+
 from minirlhf import paths
 
 
@@ -18,3 +20,19 @@ def test_lesson_args():
     assert args.smoke and args.seed == 3
     args = paths.lesson_args([])
     assert not args.smoke and args.seed == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--smoek"], "unrecognized arguments: --smoek"),
+    (["--seed", "-1"], "expected a non-negative integer, got -1"),
+    (["--seed", "two"], "expected a non-negative integer, got 'two'"),
+])
+def test_lesson_args_reject_typos_and_bad_seeds(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        paths.lesson_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_lesson_args_take_a_lessons_extra_flags():
+    args = paths.lesson_args(["--prefs", "p.jsonl"], extra=(("--prefs", {"default": None}),))
+    assert args.prefs == "p.jsonl" and args.seed == 0 and not args.smoke
