@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -30,6 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from minirlhf.model import GPTConfig, cross_entropy_loss, forward
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_model import median_ms, train_step_fn  # same folder (path set above)
 
 
 def step_matmuls(L: int, d: int, H: int, V: int, T: int, B: int) -> list[tuple[str, tuple, tuple, int]]:
@@ -57,28 +59,18 @@ def step_matmuls(L: int, d: int, H: int, V: int, T: int, B: int) -> list[tuple[s
     return out
 
 
-def median_s(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
 def time_jax(a_shape, b_shape, repeats: int) -> float:
     rng = np.random.default_rng(0)
     a = jnp.asarray(rng.standard_normal(a_shape, np.float32))
     b = jnp.asarray(rng.standard_normal(b_shape, np.float32))
     mm = jax.jit(jnp.matmul)
-    return median_s(lambda: mm(a, b).block_until_ready(), repeats)
+    return median_ms(lambda: mm(a, b).block_until_ready(), repeats) / 1e3   # seconds
 
 
 def time_torch(a_shape, b_shape, repeats: int) -> float:
     import torch
     a, b = torch.randn(a_shape), torch.randn(b_shape)
-    return median_s(lambda: torch.matmul(a, b), repeats)
+    return median_ms(lambda: torch.matmul(a, b), repeats) / 1e3   # seconds
 
 
 def main():
@@ -115,8 +107,6 @@ def main():
     print(f"\nall matmuls of one step: {total['flop'] / 1e9:.2f} GFLOP")
     print(f"  floor with XLA's matmuls (sum of standalone times): {1e3 * total['jax']:.1f} ms "
           f"({total['flop'] / total['jax'] / 1e9:.1f} GFLOP/s)")
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_model import train_step_fn  # same folder
 
     cfg = GPTConfig(vocab_size=V, max_len=T, n_layer=L, n_head=H, d_model=d)
     run, _, state, batch = train_step_fn(cfg, B, T)
@@ -127,14 +117,14 @@ def main():
                                   batch["tokens"], batch["mask"])
 
     fwd, grad = jax.jit(loss), jax.jit(jax.grad(loss))
-    fwd_ms = min(1e3 * median_s(lambda: fwd(params).block_until_ready(), 10) for _ in range(3))
-    grad_ms = min(1e3 * median_s(lambda: jax.block_until_ready(grad(params)), 10) for _ in range(3))
+    fwd_ms = min(median_ms(lambda: fwd(params).block_until_ready(), 10) for _ in range(3))
+    grad_ms = min(median_ms(lambda: jax.block_until_ready(grad(params)), 10) for _ in range(3))
     floor_fwd, floor_bwd = 1e3 * total["jax_fwd"], 1e3 * (total["jax"] - total["jax_fwd"])
     print(f"  our forward pass + loss: {fwd_ms:.1f} ms vs its matmuls' floor {floor_fwd:.1f} ms "
           f"(x{fwd_ms / floor_fwd:.2f})")
     print(f"  our backward pass (fwd+bwd - fwd): {grad_ms - fwd_ms:.1f} ms vs its matmuls' floor "
           f"{floor_bwd:.1f} ms (x{(grad_ms - fwd_ms) / floor_bwd:.2f})")
-    jax_step = min(1e3 * median_s(run, 10) for _ in range(3))
+    jax_step = min(median_ms(run, 10) for _ in range(3))
     print(f"  our JAX training step (bench_model.py's): {jax_step:.1f} ms = the floor + "
           f"{jax_step - 1e3 * total['jax']:.1f} ms of everything else")
     if have_torch:

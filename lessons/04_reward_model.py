@@ -75,10 +75,11 @@ pref_paths = ensure_preferences(args.smoke)          # runs[/smoke]/preferences_
 if args.prefs is not None:
     pref_paths = {**pref_paths, "train": args.prefs}  # validated by data.read_preferences
 data = load_preference_data(tok, pref_paths, SEQ_LEN, model_max_len=cfg.max_len)
+records = {split: read_preferences(path) for split, path in pref_paths.items()}   # the raw pairs
 for split, d in data.items():
     print(f"{split:8s} {len(d.p_chosen):4d} pairs from {pref_paths[split]}  "
           f"Bayes rate {np.mean(np.maximum(d.p_chosen, 1 - d.p_chosen)):.3f}")
-for r in read_preferences(pref_paths["train"])[:4]:
+for r in records["train"][:4]:
     print(f"  {r['prompt']!r}\n     chosen   {r['chosen']!r}\n     rejected {r['rejected']!r}"
           f"  p_chosen={r.get('p_chosen', float('nan')):.2f}")
 
@@ -249,7 +250,7 @@ for s, marker in (("train", "."), ("heldout", "o"), ("ood", "x")):
     jitter = np.random.default_rng(0).uniform(-0.04, 0.04, len(gold))  # gold values are discrete
     ax.scatter(gold + jitter, r_n, s=8, alpha=0.3, marker=marker,
                label=f"{s} (pearson {rm.pearson(r_n, gold):.2f})")
-    recs = read_preferences(pref_paths[s])
+    recs = records[s]
     texts = [(r["prompt"], r["chosen"]) for r in recs] + [(r["prompt"], r["rejected"]) for r in recs]
     rows += [(s, *t, rr, gg) for t, rr, gg in zip(texts, r_n, gold)]
 ax.set(xlabel="gold reward r*(x, y)  (reward units, jittered)", ylabel="learned reward r'(x, y)  (SFT std units)",
@@ -286,7 +287,7 @@ print(f"\ngold agreement ('{best}') split by what separates the pair: exactly on
       "\n(which capital fits the question) vs both right or both wrong (form, length, eos):")
 for s in data:
     ev, d = evals[best][s], data[s]
-    fit = rm.differ_in_correctness(read_preferences(pref_paths[s]))
+    fit = rm.differ_in_correctness(records[s])
     parts = [f"{name} {rm.gold_agreement(ev.chosen_rewards[m], ev.rejected_rewards[m], d.chosen_gold[m], d.rejected_gold[m]):.3f}"
              f" ({m.sum()} pairs)" for name, m in (("one right", fit), ("same correctness", ~fit))]
     print(f"  {s:8s} " + "   ".join(parts))
