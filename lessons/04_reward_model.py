@@ -41,7 +41,7 @@ from minirlhf.worlds.capitals import (
 t_start = time.time()
 PREFS_FLAG = {"default": None,
               "help": "train on this preference JSONL (prompt/chosen/rejected [+ *_ended, ...]); "
-                      "held-out and OOD evaluation still use the collected capitals pairs"}
+                      "validation, held-out and OOD evaluation still use the collected capitals pairs"}
 args = paths.lesson_args(extra=(("--prefs", PREFS_FLAG),))
 if args.prefs is not None:
     read_preferences(args.prefs)   # a bad file fails now, naming its line, not after training
@@ -56,7 +56,7 @@ print(f"smoke={args.smoke} seed={args.seed}  runs -> {RUNS}  figures -> {FIGURES
 # %% [markdown]
 # ## 1. Collecting comparisons
 #
-# For each train prompt x the SFT model samples pairs (y1, y2) at temperature 1 (24 pairs
+# For each train prompt x the SFT model samples pairs (y1, y2) at temperature 1 (80 pairs
 # per prompt), and the rater of lesson 01 labels them:
 #
 #     P(y1 > y2 | x) = sigmoid((r*(x, y1) - r*(x, y2)) / tau),   tau = 0.5.
@@ -64,8 +64,10 @@ print(f"smoke={args.smoke} seed={args.seed}  runs -> {RUNS}  figures -> {FIGURES
 # The dataset D holds triplets (x, y_w, y_l) with metadata: the gold rewards, the rater's
 # probability p_chosen, whether each response ended with `<eos>` (a truncated answer must
 # stay truncated when re-encoded), and the split.  Pairs of two identical responses are
-# skipped: their label is a coin flip that carries no information.  Held-out prompts
-# (countries never in SFT) and OOD prompts (a new question template) get their own files.
+# skipped: their label is a coin flip that carries no information.  Three more files, 24 pairs
+# per prompt, are never trained on: **valid** (fresh pairs on the same train prompts: the
+# in-distribution held-out set, used to pick the regime and to draw the training curves),
+# **heldout** (countries never in SFT) and **ood** (a new question template).
 #
 # No reward model can beat the rater's own consistency: on a pair with probability p the
 # best possible accuracy is max(p, 1 - p).  Its mean is the **Bayes rate**.
@@ -108,7 +110,7 @@ trained, histories, train_time = {}, {}, {}
 for regime in rm.REGIMES:
     t0 = time.time()
     trained[regime], histories[regime] = rm.train_reward_model(
-        init, data["train"], cfg, rcfg, regime, eval_data=data["heldout"])
+        init, data["train"], cfg, rcfg, regime, eval_data=data["valid"])
     train_time[regime] = time.time() - t0
     print(f"{regime}: {rcfg.steps(regime)} steps in {train_time[regime]:.1f} s")
 
@@ -117,11 +119,11 @@ fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
 smooth = lambda v, k=10: np.convolve(v, np.ones(k) / k, mode="valid") if len(v) >= k else v
 for regime, h in histories.items():
     line, = ax1.plot(smooth(h["loss"]), alpha=0.8, label=f"{regime}: train (moving avg)")
-    ax1.plot(h["eval_step"] - 1, h["eval_loss"], "o--", color=line.get_color(), label=f"{regime}: held-out")
+    ax1.plot(h["eval_step"] - 1, h["eval_loss"], "o--", color=line.get_color(), label=f"{regime}: valid")
     ax2.plot(smooth(h["accuracy"]), color=line.get_color(), alpha=0.8, label=f"{regime}: train")
-    ax2.plot(h["eval_step"] - 1, h["eval_accuracy"], "o--", color=line.get_color(), label=f"{regime}: held-out")
-ax2.axhline(np.mean(np.maximum(data["heldout"].p_chosen, 1 - data["heldout"].p_chosen)), color="gray",
-            ls=":", label="held-out Bayes rate")
+    ax2.plot(h["eval_step"] - 1, h["eval_accuracy"], "o--", color=line.get_color(), label=f"{regime}: valid")
+ax2.axhline(np.mean(np.maximum(data["valid"].p_chosen, 1 - data["valid"].p_chosen)), color="gray",
+            ls=":", label="valid Bayes rate")
 ax1.set(xlabel="optimizer step", ylabel="Bradley-Terry loss (nats / pair)", title="reward model training")
 ax2.set(xlabel="optimizer step", ylabel="accuracy on the rater's labels", title="accuracy")
 ax1.legend(fontsize=8)
@@ -152,15 +154,26 @@ for g in rm.REGIMES:
         m = evals[g][s].metrics
         print(f"{g:6s} {s:8s} " + " ".join(f"{m[c]:14.3f}" for c in cols) + f" {canon[g][s]['accuracy']:10.3f}")
 best = rm.select_regime({g: {s: evals[g][s].metrics for s in evals[g]} for g in rm.REGIMES})
-print(f"\nkept for lesson 05: the '{best}' regime (higher gold agreement on held-out + OOD pairs)")
+print(f"\nkept for lesson 05: the '{best}' regime (lower Bradley-Terry loss on the valid pairs)")
 
 # %% [markdown]
 # How to read the table: compare `accuracy` (on the rater's noisy labels) with `bayes_rate`,
 # the best any reward model can do on those labels, and `gold_agreement` (does r_phi order the
-# pair like the gold reward?).  On train pairs the RM gets close to the rater; on held-out
-# countries it is near chance: it never saw a pair about them and learned which capital words
-# appear in good answers rather than whether the capital fits the country (section 6).  The
-# saved regime is the one with the higher gold agreement on the two evaluation splits.
+# pair like the gold reward?).  The `valid` row is the honest in-distribution number: the same
+# prompts as training, pairs it never saw.
+#
+# * **Head only underfits.**  A linear probe of the frozen SFT model stays near 0.64 on valid
+#   pairs against a Bayes rate of 0.85: the SFT model's last hidden state does not carry "this
+#   capital is right for this country" as a direction a linear head can read.
+# * **Full fine-tuning fits the distribution** (valid accuracy about 0.77, gold agreement about
+#   0.87, and it ranks the right canonical answer above the neighbour's for 31 of 32 train
+#   countries) and is kept: it has the lower valid loss.
+# * **Neither generalises to countries it never saw**, and the full model is worse than chance
+#   there: it learned which capital words appear in good answers, and a held-out capital only
+#   ever appeared in the train responses as a *wrong* answer (section 6).
+#
+# The regime is chosen on the valid pairs' loss alone, as a real RLHF pipeline could: the gold
+# reward and the held-out / OOD pairs only evaluate the choice.
 
 # %% [markdown]
 # ## 4. Calibration
@@ -169,14 +182,14 @@ print(f"\nkept for lesson 05: the '{best}' regime (higher gold agreement on held
 # probability that the rater prefers y_w.  Binning pairs by that prediction, the rate at which
 # the rater actually chose it should match (each pair is counted in both orders, so the plot
 # is symmetric about 1/2).  We also plot the rater's true probability p in each bin, which the
-# empirical rate estimates with binomial noise.  Left: the training pairs (in distribution, and
-# the pairs it was fitted on, so optimistic); right: held-out pairs.  Calibration is checked on
+# empirical rate estimates with binomial noise.  Left: the valid pairs (in distribution, never
+# trained on); right: held-out countries.  Calibration is checked on
 # the raw model: normalisation (section 5) rescales r_phi, after which sigmoid(dr) is no longer
 # the fitted probability.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 5))
-for ax, split in zip(axes, ("train", "heldout")):
+for ax, split in zip(axes, ("valid", "heldout")):
     ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")
     for g in rm.REGIMES:
         ev = evals[g][split]
@@ -230,9 +243,10 @@ print(f"Paris ranked above Berlin: {bool(r_fr[0] > r_fr[1])}")
 # respond to the same question and nearly always name the right country, so "does the answer
 # fit the question?" is never what separates them; which capital word appears, the form, the
 # length and the eos do.  The table below shows the consequence on held-out countries: the
-# canonical answer with the neighbour's capital (Madrid for Portugal) wins, because Madrid was
-# a *right* answer in training (to Spain), while Lisbon was mostly a *wrong* one (Spain's
-# neighbour).  And the SFT model's typical held-out answer, a fluent answer about a different
+# canonical answer with the neighbour's capital (Madrid for Portugal) often wins, because
+# Madrid was a *right* answer in training (to Spain), while Lisbon only ever appeared in a
+# train response as a *wrong* one (a random wrong capital in the SFT model's samples; the
+# brackets count them).  And the SFT model's typical held-out answer, a fluent answer about a different
 # train country ("The capital of Poland is Warsaw." to Portugal), is scored like a correct one
 # (see the list of high-proxy, low-gold answers printed below).
 # PPO will push the policy towards exactly such responses: this is where reward hacking
@@ -322,4 +336,8 @@ print(f"lesson 04 done in {time.time() - t_start:.1f} s")
 #   rater's Bayes rate, and held-out accuracy should be judged against it, not against 1.
 # * Agreement with the rater is not agreement with the truth: gold agreement and correlation
 #   drop off the training distribution (held-out countries, OOD template).
+# * Fitting the distribution and generalising beyond it pull apart: the fully fine-tuned model
+#   is the better reward model for the train prompts (valid pairs) and the worse one for
+#   countries it never saw.  Choose on a validation set from the distribution you will optimise
+#   on, and know that it says nothing about the rest.
 # * The learned reward ranks some wrong answers high.  Maximising it (lesson 05) will find them.

@@ -44,6 +44,7 @@ from minirlhf.model import GPTConfig, check_fields, forward, init_scalar_head, r
 from minirlhf.paths import runs_dir
 from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
 from minirlhf.reward_data import (
+    PROMPT_SPLIT,
     PreferenceData,
     encode_responses,
     ensure_preferences,
@@ -65,10 +66,11 @@ REGIMES = ("head", "full")
 
 
 def select_regime(metrics: dict) -> str:
-    """The regime with the higher gold agreement averaged over the two evaluation splits
-    (held-out and OOD pairs: neither was trained on).  metrics: {regime: {split: {name: value}}}."""
-    return max(REGIMES, key=lambda g: (metrics[g]["heldout"]["gold_agreement"]
-                                       + metrics[g]["ood"]["gold_agreement"]) / 2)
+    """The regime with the lower Bradley-Terry loss on the validation pairs ("valid": fresh pairs on
+    the train prompts).  Only the rater's labels enter, as in real RLHF: neither the gold reward nor
+    the held-out / OOD pairs (which evaluate the kept model) are used to choose it.
+    metrics: {regime: {split: {name: value}}}."""
+    return min(REGIMES, key=lambda g: metrics[g]["valid"]["loss"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +79,8 @@ class RewardConfig:
 
     steps_head: int = 100
     """Optimizer steps of the "head" regime (cheap: no backward pass through the backbone)."""
-    steps_full: int = 80
-    """Optimizer steps of the "full" regime (~4 epochs of ~640 train pairs)."""
+    steps_full: int = 200
+    """Optimizer steps of the "full" regime (3 epochs of ~2150 train pairs)."""
     batch_size: int = 32
     """Preference pairs per step (2 * batch_size sequences per forward pass)."""
     lr_head: float = 1e-2
@@ -87,8 +89,8 @@ class RewardConfig:
     """Peak AdamW learning rate of the "full" regime (backbone + head)."""
     weight_decay: float = 0.0
     """AdamW decoupled weight decay (never applied to a frozen backbone)."""
-    eval_every: int = 10
-    """Held-out loss/accuracy is measured every eval_every steps (training curves)."""
+    eval_every: int = 50
+    """Validation loss/accuracy is measured every eval_every steps (training curves)."""
     n_reference_per_prompt: int = 8
     """SFT samples per train prompt whose rewards define the normalisation (mean 0, std 1)."""
     seed: int = 0
@@ -331,7 +333,7 @@ def calibration_bins(chosen_rewards, rejected_rewards, p_chosen, n_bins: int = 1
 def canonical_ranking(rm_params: dict, cfg: GPTConfig, tok: Tokenizer, split: str) -> dict:
     """For each country of `split`: r_phi of the canonical right answer vs the canonical answer
     with the neighbour's capital (France: Paris vs Berlin).  -> {"accuracy", "right", "wrong"}."""
-    countries = SPLITS[split]
+    countries = SPLITS[PROMPT_SPLIT[split]]          # "valid" asks the train countries
     prompts = [make_prompt(c, ood_template=(split == "ood")) for c in countries]
     right = [canonical_answer(c) for c in countries]
     wrong = [canonical_answer(c, CAPITAL[FACTS[c][1]]) for c in countries]
@@ -350,7 +352,7 @@ def save_reward_model(smoke: bool, rm_params: dict, cfg: GPTConfig, meta: dict):
 
 def build_reward_model(smoke: bool, quiet: bool = False):
     """Lesson 04 without the plots: train both regimes on the train pairs, keep the one with the
-    higher held-out gold agreement, normalise it, save it.  -> (rm_params, cfg, meta)."""
+    lower validation loss (select_regime), normalise it, save it.  -> (rm_params, cfg, meta)."""
     rcfg = RewardConfig.smoke() if smoke else RewardConfig()
     tok, (sft_params, cfg) = ensure_tokenizer(smoke), ensure_sft_model(smoke)
     data = load_preference_data(tok, ensure_preferences(smoke), SEQ_LEN, model_max_len=cfg.max_len)

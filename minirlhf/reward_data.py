@@ -14,7 +14,12 @@ the evaluation (and DPO / PPO) use:
     chosen_gold_reward, rejected_gold_reward   r*(x, y) of the capitals world
     p_chosen                           the rater's P(y_w > y_l): its Bayes-optimal accuracy on
                                        this pair is max(p_chosen, 1 - p_chosen)
-    split                              "train", "heldout" or "ood"
+    split                              "train", "valid", "heldout" or "ood"
+
+The four files: "train" (the pairs the reward model and DPO learn from) and "valid" (fresh pairs
+on the SAME train prompts, never trained on: the in-distribution held-out set on which the
+reward model is validated, as InstructGPT's RM is), "heldout" (countries alignment never saw) and
+"ood" (the unseen question template).
 
 Implementation details (each pinned by tests/test_reward.py):
 * Pairs with two identical responses (same text, same eos flag) are SKIPPED: the label is a coin
@@ -53,17 +58,22 @@ from minirlhf.worlds.capitals import (
     split_prompts,
 )
 
-PREFERENCE_SPLITS = tuple(SPLITS)  # ("train", "heldout", "ood")
+PREFERENCE_SPLITS = ("train", "valid", "heldout", "ood")
+# "valid" asks the train prompts again (fresh samples); the others ask their world split's prompts.
+PROMPT_SPLIT = {"train": "train", "valid": "train", "heldout": "heldout", "ood": "ood"}
 
 
 @dataclasses.dataclass(frozen=True)
 class PreferenceConfig:
     """How the preference dataset is collected from the SFT model."""
 
-    pairs_per_prompt: int = 24
-    """Pairs sampled per train prompt (32 prompts -> 768 pairs before skipping identical ones)."""
+    pairs_per_prompt: int = 80
+    """Pairs sampled per train prompt (32 prompts -> 2560 pairs before skipping identical ones).
+    About 35 of them per country differ in whether the answer is right: what the fully fine-tuned
+    reward model needs to learn 32 countries' capitals without memorising single pairs."""
     eval_pairs_per_prompt: int = 24
-    """Pairs sampled per held-out / OOD prompt (8 prompts each -> 192 pairs before skipping)."""
+    """Pairs sampled per prompt of the evaluation files: valid (32 train prompts -> 768 pairs before
+    skipping), held-out and OOD (8 prompts each -> 192)."""
     temperature: float = 1.0
     """Sampling temperature of the SFT model (1 = its own distribution)."""
     seed: int = 0
@@ -82,7 +92,7 @@ class PreferenceConfig:
 
 
 def preference_paths(smoke: bool) -> dict[str, Path]:
-    """{split: runs[/smoke]/preferences_{split}.jsonl} for train, heldout and ood."""
+    """{split: runs[/smoke]/preferences_{split}.jsonl} for train, valid, heldout and ood."""
     return {s: runs_dir(smoke) / f"preferences_{s}.jsonl" for s in PREFERENCE_SPLITS}
 
 
@@ -121,7 +131,8 @@ def build_preferences(params, cfg: GPTConfig, tok: Tokenizer, pcfg: PreferenceCo
     for split, key in zip(PREFERENCE_SPLITS, keys):
         rng = np.random.default_rng([pcfg.seed, PREFERENCE_SPLITS.index(split)])
         n_pairs = pcfg.pairs_per_prompt if split == "train" else pcfg.eval_pairs_per_prompt
-        records, n_skipped = collect_preferences(params, cfg, tok, split_prompts(split), split, key,
+        prompts = split_prompts(PROMPT_SPLIT[split])
+        records, n_skipped = collect_preferences(params, cfg, tok, prompts, split, key,
                                                  rng, n_pairs, pcfg.world.rater_tau, pcfg.temperature)
         write_preferences(paths[split], records)
         if not quiet:
@@ -131,7 +142,7 @@ def build_preferences(params, cfg: GPTConfig, tok: Tokenizer, pcfg: PreferenceCo
 
 
 def ensure_preferences(smoke: bool) -> dict[str, Path]:
-    """{split: path} of runs[/smoke]/preferences_{train,heldout,ood}.jsonl, collected from the SFT
+    """{split: path} of runs[/smoke]/preferences_{train,valid,heldout,ood}.jsonl, collected from the SFT
     model (built first if needed) when any of them is missing."""
     paths = preference_paths(smoke)
     if not all(p.exists() for p in paths.values()):

@@ -26,9 +26,16 @@ from minirlhf.reward import (
     reward_loss,
     score,
     score_batched,
+    select_regime,
     train_pairs,
 )
-from minirlhf.reward_data import collect_preferences, encode_preferences, encode_responses
+from minirlhf.reward_data import (
+    PreferenceConfig,
+    build_preferences,
+    collect_preferences,
+    encode_preferences,
+    encode_responses,
+)
 from minirlhf.tokenizer import EOS_ID, PAD_ID, encode_batch
 from minirlhf.training import init_train_state, make_train_step
 from minirlhf.worlds.capitals import gold_reward, parse_country, rater_prob, split_prompts
@@ -198,6 +205,31 @@ def test_collected_preferences_round_trip_and_match_the_rater(tok, tmp_path):
     greedy, n_skip = collect_preferences(params, GEN_CFG, tok, prompts, "train", jax.random.PRNGKey(6),
                                          np.random.default_rng(7), n_pairs=2, tau=0.5, temperature=0.0)
     assert greedy == [] and n_skip == 6
+
+
+def test_build_preferences_adds_a_validation_file_of_fresh_pairs_on_the_train_prompts(tok, tmp_path):
+    params = init_params(jax.random.PRNGKey(5), GEN_CFG)
+    paths = {s: tmp_path / f"{s}.jsonl" for s in ("train", "valid", "heldout", "ood")}
+    build_preferences(params, GEN_CFG, tok, PreferenceConfig(pairs_per_prompt=3, eval_pairs_per_prompt=2),
+                      paths, quiet=True)
+    recs = {s: read_preferences(p) for s, p in paths.items()}
+    for split, prompt_split in (("train", "train"), ("valid", "train"), ("heldout", "heldout"), ("ood", "ood")):
+        assert {r["prompt"] for r in recs[split]} <= set(split_prompts(prompt_split))
+        assert all(r["split"] == split for r in recs[split])
+    # valid asks the same 32 prompts as train, with fewer, fresh samples (another key)
+    assert {r["prompt"] for r in recs["valid"]} == {r["prompt"] for r in recs["train"]}
+    assert len(recs["train"]) > len(recs["valid"])
+    as_pair = lambda r: (r["prompt"], r["chosen"], r["rejected"])
+    assert [as_pair(r) for r in recs["valid"]] != [as_pair(r) for r in recs["train"]][:len(recs["valid"])]
+
+
+def test_select_regime_uses_only_the_validation_loss():
+    def metrics(valid_loss, heldout_agreement):
+        split = {"loss": 0.5, "gold_agreement": heldout_agreement}
+        return {"train": split, "valid": {"loss": valid_loss, "gold_agreement": 0.5},
+                "heldout": split, "ood": split}
+    assert select_regime({"head": metrics(0.6, 0.9), "full": metrics(0.4, 0.1)}) == "full"
+    assert select_regime({"head": metrics(0.4, 0.1), "full": metrics(0.6, 0.9)}) == "head"
 
 
 def test_unfinished_responses_are_encoded_without_eos(tok):
