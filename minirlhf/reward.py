@@ -89,7 +89,7 @@ class RewardConfig:
     """Peak AdamW learning rate of the "full" regime (backbone + head)."""
     weight_decay: float = 0.0
     """AdamW decoupled weight decay (never applied to a frozen backbone)."""
-    eval_every: int = 50
+    eval_every: int = 100
     """Validation loss/accuracy is measured every eval_every steps (training curves)."""
     n_reference_per_prompt: int = 8
     """SFT samples per train prompt whose rewards define the normalisation (mean 0, std 1)."""
