@@ -176,12 +176,14 @@ def test_jitted_step_returns_trl_metrics_and_raises_the_margin():
     optimizer, step = make_dpo_step(TINY, dcfg)
     _, metrics = step(init_train_state(ref_params, optimizer), arrays)
     assert set(TRL_METRICS) | {"loss", "grad_norm"} <= set(metrics)
-    assert float(metrics["rewards/margins"]) == 0.0                   # pi = pi_ref: every log-ratio is 0
+    # pi = pi_ref: every log-ratio is 0, up to float32 rounding (the step and the cached
+    # reference are separately compiled programs, so their sums may round differently)
+    assert abs(float(metrics["rewards/margins"])) < 1e-5
     np.testing.assert_allclose(float(metrics["loss"]), np.log(2.0), rtol=1e-6)
     before = evaluate_pairs(ref_params, arrays, TINY, dcfg)
     policy, history = train_dpo(ref_params, arrays, TINY, dcfg, quiet=True)
     after = evaluate_pairs(policy, arrays, TINY, dcfg)
-    assert before["rewards/margins"] == 0.0 and after["rewards/margins"] > 0.5
+    assert abs(before["rewards/margins"]) < 1e-5 and after["rewards/margins"] > 0.5
     assert after["rewards/accuracies"] > 0.9 and after["loss"] < before["loss"]
     assert history["loss"].shape == (12,) and history["rewards/margins"][-1] > 0
 
