@@ -14,7 +14,6 @@ config in the same run, interleaved with the JAX timing, and prints the ratio.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from minirlhf.sampling import generate, generate_without_cache
 from minirlhf.training import init_train_state, make_optimizer, make_train_step
 
 sys.path.insert(0, str(Path(__file__).parent))
-from benchmarks_common import gpt2_small  # noqa: E402  (same folder)
+from benchmarks_common import gpt2_small
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -78,7 +77,7 @@ def bench_config(cfg: GPTConfig, B: int, T: int, repeats: int, sample_B: int, sa
     out = {"params": count_params(state[0].params), "mem_MB": mem_mb}
     if torch_ref:
         sys.path.insert(0, str(Path(__file__).parent))
-        import torch_reference  # noqa: E402  (optional: only when torch is installed)
+        import torch_reference
         jax_ms, torch_ms = [], []
         for _ in range(3):  # interleave so both see the same machine load
             jax_ms.append(median_ms(run, repeats))

@@ -56,7 +56,7 @@ print(f"model: {cfg.model}")
 # %%
 params = init_params(jax.random.PRNGKey(cfg.seed), cfg.model)
 for name, leaf in jax.tree_util.tree_leaves_with_path(params):
-    print(f"  {jax.tree_util.keystr(name):<28} {str(leaf.shape):<16}")
+    print(f"  {jax.tree_util.keystr(name):<28} {leaf.shape!s:<16}")
 print(f"{count_params(params):,} parameters")
 arrays = corpus_arrays(tok)
 n_tokens = int(arrays["loss_mask"].sum())

@@ -55,8 +55,16 @@ import numpy as np
 
 from minirlhf import paths
 from minirlhf.checkpoint import save_checkpoint
-from minirlhf.dpo_train import (DPOConfig, encode_pairs, evaluate_pairs, implicit_rewards,
-                                load_pair_arrays, sequence_logratios, train_dpo, with_reference_logps)
+from minirlhf.dpo_train import (
+    DPOConfig,
+    encode_pairs,
+    evaluate_pairs,
+    implicit_rewards,
+    load_pair_arrays,
+    sequence_logratios,
+    train_dpo,
+    with_reference_logps,
+)
 from minirlhf.evaluation import gold_metrics, sample_answers
 from minirlhf.exact_training import TabularDPOConfig, run_dpo
 from minirlhf.pretrain import corpus_arrays, ensure_tokenizer

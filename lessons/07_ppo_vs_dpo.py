@@ -14,19 +14,18 @@ import time
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from minirlhf import compare as C  # noqa: E402
-from minirlhf import compare_ood as O  # noqa: E402
-from minirlhf import exact_training as et  # noqa: E402
-from minirlhf.compare_capitals import CapitalsCompareConfig, capitals_table, markdown_table  # noqa: E402
-from minirlhf.paths import figures_dir, lesson_args  # noqa: E402
-from minirlhf.worlds import exact  # noqa: E402
+from minirlhf import compare as C
+from minirlhf import compare_ood as O
+from minirlhf import exact_training as et
+from minirlhf.compare_capitals import CapitalsCompareConfig, capitals_table, markdown_table
+from minirlhf.paths import figures_dir, lesson_args
+from minirlhf.worlds import exact
 
 args = lesson_args()
 SMOKE = args.smoke

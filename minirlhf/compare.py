@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from minirlhf import exact_training as et
-from minirlhf import ppo, tabular
+from minirlhf import tabular
 from minirlhf.bradley_terry import bradley_terry_loss
 from minirlhf.dpo import dpo_loss, ipo_loss
 from minirlhf.worlds import exact

@@ -49,7 +49,7 @@ class CapitalsCompareConfig:
     """DPO run (lesson 06's default); IPO uses the same with loss_type="ipo"."""
 
     @classmethod
-    def smoke(cls) -> "CapitalsCompareConfig":
+    def smoke(cls) -> CapitalsCompareConfig:
         """One seed, one answer per prompt and the stages' smoke configs: for the tests."""
         return cls(seeds=(0,), n_eval=1, bon_n=2, ppo=rlhf.PPOConfig.smoke(),
                    dpo=dpo_train.DPOConfig.smoke())

@@ -14,11 +14,17 @@ from flax.training.train_state import TrainState
 
 from minirlhf import exact_training as et
 from minirlhf import ppo, tabular
-from minirlhf.compare import (PrefTrainConfig, exact_point, fit_bt_reward, seen_mask,
-                              sft_on_chosen, subset_pairs, train_on_pairs)
+from minirlhf.compare import (
+    PrefTrainConfig,
+    exact_point,
+    fit_bt_reward,
+    seen_mask,
+    sft_on_chosen,
+    subset_pairs,
+    train_on_pairs,
+)
 from minirlhf.worlds import exact
 from minirlhf.worlds.exact import ExactWorld
-
 
 # ----------------------------------------------------------------------------- OOD preferences
 

@@ -26,8 +26,8 @@ Implementation details (each pinned by tests/test_dpo_train.py):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from functools import partial
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -92,7 +92,7 @@ class DPOConfig:
                              f"got loss_type='ipo' with label_smoothing={self.label_smoothing}")
 
     @classmethod
-    def smoke(cls) -> "DPOConfig":
+    def smoke(cls) -> DPOConfig:
         """A tiny run (4 steps of 8 pairs) for the --smoke lessons and the tests."""
         return cls(steps=4, batch_size=8, warmup_steps=1)
 

@@ -8,7 +8,8 @@ gold reward r*, and the rate of answers that end with <eos>.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import numpy as np

@@ -21,8 +21,7 @@ from minirlhf.checkpoint import load_checkpoint, save_checkpoint
 from minirlhf.model import GPTConfig, check_fields, cross_entropy_loss, forward, init_params
 from minirlhf.paths import runs_dir
 from minirlhf.tokenizer import encode_batch, load_or_train_tokenizer
-from minirlhf.training import (Progress, batches, init_train_state, make_optimizer,
-                               make_train_step)
+from minirlhf.training import Progress, batches, init_train_state, make_optimizer, make_train_step
 from minirlhf.worlds.capitals import CapitalsConfig, make_corpus, tokenizer_training_texts
 
 SEQ_LEN = 50  # longest corpus document is 47 tokens + bos + eos; see lesson 01
@@ -52,7 +51,7 @@ class PretrainConfig:
                      non_negative=("weight_decay",))
 
     @classmethod
-    def smoke(cls) -> "PretrainConfig":
+    def smoke(cls) -> PretrainConfig:
         """A 1-layer, 32-wide GPT trained for 30 steps: for the --smoke lessons and the tests."""
         return cls(model=GPTConfig(vocab_size=512, max_len=64, n_layer=1, n_head=2, d_model=32),
                    steps=30, batch_size=16)

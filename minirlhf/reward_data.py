@@ -50,7 +50,6 @@ from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
 from minirlhf.sft import ensure_sft_model
 from minirlhf.tokenizer import PAD_ID, EncodedBatch, encode_batch, encode_text
 from minirlhf.worlds.capitals import (
-    SPLITS,
     CapitalsConfig,
     gold_reward,
     parse_country,

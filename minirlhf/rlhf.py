@@ -38,8 +38,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -142,7 +143,7 @@ class PPOConfig:
                              f"update.n_minibatches={self.update.n_minibatches}")
 
     @classmethod
-    def smoke(cls) -> "PPOConfig":
+    def smoke(cls) -> PPOConfig:
         """A tiny run (3 iterations of 16 rollouts) for the --smoke lessons and the tests."""
         return cls(n_iterations=3, batch_size=16, update=ppo.PPOUpdateConfig(1, 2), lr=1e-4)
 
@@ -183,7 +184,7 @@ def init_ppo_params(policy_params: dict, rm_params: dict, model_cfg: GPTConfig, 
     return {"policy": copy(policy_params), "value": copy(value)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ppo_optimizer(lr: float, max_grad_norm: float) -> optax.GradientTransformation:
     """Adam with global-norm clipping, cached: runs with the same (lr, clip) share one optimizer
     object, which is part of the TrainState's static structure (so they share one compilation)."""

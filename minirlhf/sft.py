@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-
 from tokenizers import Tokenizer
 
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
@@ -55,7 +54,7 @@ class SFTConfig:
                      non_negative=("weight_decay",))
 
     @classmethod
-    def smoke(cls) -> "SFTConfig":
+    def smoke(cls) -> SFTConfig:
         """A tiny run (10 steps of 16 rows) for the --smoke lessons and the tests."""
         return cls(steps=10, batch_size=16)
 

@@ -9,17 +9,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import written_out_lm_loss
 from jax.flatten_util import ravel_pytree
 
-from minirlhf.dpo_train import (DPOConfig, concatenated_logps, dpo_batch_loss, encode_pairs,
-                                evaluate_pairs, implicit_rewards, make_dpo_step, pair_logps,
-                                sequence_logratios, train_dpo, with_reference_logps)
+from minirlhf.dpo_train import (
+    DPOConfig,
+    concatenated_logps,
+    dpo_batch_loss,
+    encode_pairs,
+    evaluate_pairs,
+    implicit_rewards,
+    make_dpo_step,
+    sequence_logratios,
+    train_dpo,
+    with_reference_logps,
+)
 from minirlhf.model import GPTConfig, forward, init_params
 from minirlhf.sampling import Generation
 from minirlhf.tokenizer import EOS_ID, PAD_ID, encode_text
 from minirlhf.training import init_train_state
-
-from conftest import written_out_lm_loss
 
 TINY = GPTConfig(vocab_size=32, max_len=16, n_layer=2, n_head=2, d_model=16)
 TRL_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",

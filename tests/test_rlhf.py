@@ -6,13 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import written_out_lm_loss
 
 from minirlhf import ppo, rlhf
 from minirlhf.model import GPTConfig, forward, init_params, init_scalar_head, scalar_head
 from minirlhf.pretrain import ptx_loss
 from minirlhf.sampling import generate
-
-from conftest import written_out_lm_loss
 
 MODEL = GPTConfig(vocab_size=16, max_len=12, n_layer=1, n_head=2, d_model=16)
 P, N = 4, 5                      # prompt width, response budget (P + N + 3 pads <= max_len)
