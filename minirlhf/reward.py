@@ -235,9 +235,10 @@ def fold_normalisation(head: dict, mean: float, std: float) -> dict:
 
 
 def reference_rewards(rm_params: dict, cfg: GPTConfig, tok: Tokenizer, policy_params: dict,
-                      key: jax.Array, n_per_prompt: int) -> np.ndarray:
-    """r_phi of fresh samples of the reference (SFT) policy on the train prompts -> [32 * n]."""
-    prompts = [make_prompt(c) for c in SPLITS["train"]]
+                      key: jax.Array, n_per_prompt: int, prompts=None) -> np.ndarray:
+    """r_phi of fresh samples of the reference (SFT) policy on `prompts` (default: the train
+    prompts) -> [len(prompts) * n]."""
+    prompts = list(prompts or [make_prompt(c) for c in SPLITS["train"]])
     samples = sample_answers(policy_params, cfg, tok, prompts, key, n=n_per_prompt)
     enc = encode_responses(tok, samples.prompts, samples.texts, samples.ended, max_len=SEQ_LEN)
     return score_batched(rm_params, enc.tokens, enc.attention_mask, cfg)
@@ -350,12 +351,12 @@ def save_reward_model(smoke: bool, rm_params: dict, cfg: GPTConfig, meta: dict):
     return save_checkpoint(runs_dir(smoke) / "reward.ckpt", rm_params, cfg, {"stage": "reward", **meta})
 
 
-def build_reward_model(smoke: bool, quiet: bool = False):
-    """Lesson 04 without the plots: train both regimes on the train pairs, keep the one with the
-    lower validation loss (select_regime), normalise it, save it.  -> (rm_params, cfg, meta)."""
-    rcfg = RewardConfig.smoke() if smoke else RewardConfig()
-    tok, (sft_params, cfg) = ensure_tokenizer(smoke), ensure_sft_model(smoke)
-    data = load_preference_data(tok, ensure_preferences(smoke), SEQ_LEN, model_max_len=cfg.max_len)
+def fit_reward_model(tok: Tokenizer, sft_params: dict, cfg: GPTConfig, data: dict,
+                     rcfg: RewardConfig, quiet: bool = False, reference_prompts=None):
+    """Lesson 04 without the plots: train both regimes on data["train"], keep the one with the
+    lower validation loss (select_regime), normalise it on fresh SFT samples of
+    `reference_prompts` (default: the train prompts).  `data` = {split: PreferenceData}, with a
+    "valid" split.  -> (rm_params, meta = {"regime", "normalisation", "metrics"})."""
     k_head, k_ref = jax.random.split(jax.random.PRNGKey(rcfg.seed))
     init = init_reward_model(k_head, sft_params, cfg)
     results = {}
@@ -363,10 +364,20 @@ def build_reward_model(smoke: bool, quiet: bool = False):
         params, _ = train_reward_model(init, data["train"], cfg, rcfg, regime, quiet=quiet)
         results[regime] = (params, {s: evaluate_preferences(params, cfg, d).metrics for s, d in data.items()})
     best = select_regime({g: results[g][1] for g in REGIMES})
-    ref = reference_rewards(results[best][0], cfg, tok, sft_params, k_ref, rcfg.n_reference_per_prompt)
+    ref = reference_rewards(results[best][0], cfg, tok, sft_params, k_ref, rcfg.n_reference_per_prompt,
+                            reference_prompts)
     rm_params, stats = normalise_reward_model(results[best][0], ref)
-    meta = {"regime": best, "normalisation": stats,
-            "metrics": {g: results[g][1] for g in REGIMES}}
+    return rm_params, {"regime": best, "normalisation": stats,
+                       "metrics": {g: results[g][1] for g in REGIMES}}
+
+
+def build_reward_model(smoke: bool, quiet: bool = False):
+    """`fit_reward_model` on the lesson-04 preference files, saved to runs[/smoke]/reward.ckpt
+    -> (rm_params, cfg, meta)."""
+    rcfg = RewardConfig.smoke() if smoke else RewardConfig()
+    tok, (sft_params, cfg) = ensure_tokenizer(smoke), ensure_sft_model(smoke)
+    data = load_preference_data(tok, ensure_preferences(smoke), SEQ_LEN, model_max_len=cfg.max_len)
+    rm_params, meta = fit_reward_model(tok, sft_params, cfg, data, rcfg, quiet=quiet)
     save_reward_model(smoke, rm_params, cfg, meta)
     return rm_params, cfg, meta
 

@@ -17,7 +17,6 @@ import dataclasses
 import json
 import re
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -28,14 +27,12 @@ from minirlhf.dpo_train import DPOConfig, load_pair_arrays, train_dpo, with_refe
 from minirlhf.evaluation import sample_answers
 from minirlhf.paths import runs_dir
 from minirlhf.pretrain import SEQ_LEN, corpus_arrays, ensure_base_model, ensure_tokenizer
-from minirlhf.reward import (REGIMES, RewardConfig, canonical_ranking, evaluate_preferences,
-                             init_reward_model, normalise_reward_model, score_batched,
-                             select_regime, train_reward_model)
+from minirlhf.reward import RewardConfig, canonical_ranking, fit_reward_model
 from minirlhf.reward_data import (PREFERENCE_SPLITS, PreferenceConfig, collect_preferences,
-                                  encode_responses, load_preference_data)
+                                  load_preference_data)
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
 from minirlhf.sft import ensure_sft_model
-from minirlhf.worlds.capitals import CAPITAL, SPLITS, canonical_answer, parse_country, split_prompts
+from minirlhf.worlds.capitals import CAPITAL, parse_country, split_prompts
 
 RUNS = runs_dir(False)
 RESULTS = RUNS / "results.json"
@@ -109,22 +106,14 @@ def build_rm(tok, sft, cfg, paths, norm_prompts, out_path, scale=1.0):
     rcfg = RewardConfig()
     rcfg = dataclasses.replace(rcfg, steps_head=round(rcfg.steps_head * scale), steps_full=round(rcfg.steps_full * scale))
     data = load_preference_data(tok, paths, SEQ_LEN, model_max_len=cfg.max_len)
-    k_head, k_ref = jax.random.split(jax.random.PRNGKey(rcfg.seed))
-    init = init_reward_model(k_head, sft, cfg)
-    results = {}
-    for regime in REGIMES:
-        params, _ = train_reward_model(init, data["train"], cfg, rcfg, regime, quiet=True)
-        results[regime] = (params, {s: evaluate_preferences(params, cfg, d).metrics for s, d in data.items()})
-    best = select_regime({g: results[g][1] for g in REGIMES})
-    s = sample_answers(sft, cfg, tok, norm_prompts, k_ref, n=rcfg.n_reference_per_prompt)
-    enc = encode_responses(tok, s.prompts, s.texts, s.ended, max_len=SEQ_LEN)
-    ref = score_batched(results[best][0], enc.tokens, enc.attention_mask, cfg)
-    rm, stats = normalise_reward_model(results[best][0], ref)
-    save_checkpoint(out_path, rm, cfg, {"stage": "reward", "regime": best})
+    rm, meta = fit_reward_model(tok, sft, cfg, data, rcfg, quiet=True, reference_prompts=norm_prompts)
+    save_checkpoint(out_path, rm, cfg, {"stage": "reward", "regime": meta["regime"]})
     canon = {sp: canonical_ranking(rm, cfg, tok, sp)["accuracy"] for sp in ("valid", "heldout")}
     keep = ("loss", "accuracy", "bayes_rate", "gold_agreement")
-    metrics = {g: {sp: {k: round(m[k], 4) for k in keep} for sp, m in results[g][1].items()} for g in REGIMES}
-    return rm, {"regime": best, "metrics": metrics, "normalisation": stats, "canonical_ranking": canon}
+    metrics = {g: {sp: {k: round(m[k], 4) for k in keep} for sp, m in meta["metrics"][g].items()}
+               for g in meta["metrics"]}
+    return rm, {"regime": meta["regime"], "metrics": metrics, "normalisation": meta["normalisation"],
+                "canonical_ranking": canon}
 
 
 def main():
