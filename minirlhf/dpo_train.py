@@ -43,7 +43,17 @@ from minirlhf.pretrain import SEQ_LEN, corpus_arrays, ensure_tokenizer, ptx_loss
 from minirlhf.reward_data import encode_responses, ensure_preferences, needed_length
 from minirlhf.sampling import Generation
 from minirlhf.sft import ensure_sft_model
-from minirlhf.training import Progress, batches, init_train_state, make_optimizer, make_train_step
+from minirlhf.training import (
+    TRAINABLE,
+    Progress,
+    batches,
+    freeze_updates,
+    gpt_labels,
+    init_train_state,
+    make_optimizer,
+    make_train_step,
+    stop_frozen,
+)
 
 LOSS_TYPES = ("dpo", "ipo")
 REFERENCE_KEYS = ("reference_chosen_logps", "reference_rejected_logps")
@@ -73,12 +83,17 @@ class DPOConfig:
     ptx_coef: float = 0.0
     """gamma of a pretraining term as in InstructGPT's PPO-ptx (Ouyang et al. 2022, eq. 2): each
     step adds gamma x the next-token loss on batch_size pretraining documents; 0 = plain DPO."""
+    trainable: str = "all"
+    """Which policy weights DPO updates (training.TRAINABLE): "all" (full fine-tuning) or
+    "final_norm" (only ln_f, 2 x d_model numbers; it needs a far larger lr, e.g. 0.1)."""
     seed: int = 0
     """Seeds the batch order."""
 
     def __post_init__(self):
         check_fields(self, counts=("steps", "batch_size"), positive=("lr",),
                      non_negative=("warmup_steps", "weight_decay", "ptx_coef"))
+        if self.trainable not in TRAINABLE:
+            raise ValueError(f"DPOConfig.trainable: expected one of {TRAINABLE}, got {self.trainable!r}")
         if not self.warmup_steps <= self.steps:
             raise ValueError(f"DPOConfig.warmup_steps: expected <= steps={self.steps}, got {self.warmup_steps}")
         if self.loss_type not in LOSS_TYPES:
@@ -178,6 +193,7 @@ def dpo_batch_loss(params, batch: dict, cfg: GPTConfig, dcfg: DPOConfig):
     reference_rejected_logps [B] of `with_reference_logps`.  -> (loss, metrics with TRL names:
     rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies, logps/chosen, logps/rejected).
     """
+    params = stop_frozen(params, gpt_labels(params, dcfg.trainable))   # "final_norm": only ln_f learns
     policy_chosen_logps, policy_rejected_logps = concatenated_logps(params, batch, cfg)
     loss, metrics = preference_loss(policy_chosen_logps, policy_rejected_logps,
                                     batch["reference_chosen_logps"], batch["reference_rejected_logps"], dcfg)
@@ -190,9 +206,11 @@ def dpo_batch_loss(params, batch: dict, cfg: GPTConfig, dcfg: DPOConfig):
 
 def make_dpo_step(cfg: GPTConfig, dcfg: DPOConfig):
     """(optimizer, step): step(state, batch) -> (state, metrics) is ONE jitted function
-    (forward on chosen ++ rejected, backward, clipped AdamW update)."""
+    (forward on chosen ++ rejected, backward, clipped AdamW update; frozen weights get none)."""
     optimizer = make_optimizer(dcfg.lr, dcfg.steps, warmup_steps=dcfg.warmup_steps,
                                weight_decay=dcfg.weight_decay)
+    if dcfg.trainable != "all":
+        optimizer = freeze_updates(optimizer, partial(gpt_labels, trainable=dcfg.trainable))
     return optimizer, make_train_step(partial(dpo_batch_loss, cfg=cfg, dcfg=dcfg), optimizer)
 
 

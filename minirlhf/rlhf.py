@@ -66,7 +66,7 @@ from minirlhf.reward import ensure_reward_model, reward_forward
 from minirlhf.sampling import Generation, generate
 from minirlhf.sft import ensure_sft_model
 from minirlhf.tokenizer import decode_responses, encode_prompts
-from minirlhf.training import Progress
+from minirlhf.training import TRAINABLE, Progress, freeze_updates, gpt_labels, stop_frozen
 from minirlhf.worlds.capitals import gold_correct, gold_rewards, parse_country, split_prompts
 
 VALUE_MODELS = ("shared", "separate")
@@ -125,6 +125,9 @@ class PPOConfig:
     gamma x the next-token loss on as many pretraining documents, which keeps what the base model
     knew about prompts PPO never sees; 0 = plain PPO.  Lesson 05 measures both: without it PPO
     lowers held-out accuracy (the "alignment tax"), with it held-out accuracy rises."""
+    trainable: str = "all"
+    """Which policy weights PPO updates (training.TRAINABLE): "all" (full fine-tuning) or
+    "final_norm" (only ln_f; lesson 05 section 7).  The value function always trains in full."""
     seed: int = 0
     """Seeds the value head, every rollout and every minibatch order."""
 
@@ -136,6 +139,8 @@ class PPOConfig:
             raise ValueError(f"PPOConfig.clip_eps_v: expected None or > 0, got {self.clip_eps_v}")
         if self.value_model not in VALUE_MODELS:
             raise ValueError(f"PPOConfig.value_model: expected one of {VALUE_MODELS}, got {self.value_model!r}")
+        if self.trainable not in TRAINABLE:
+            raise ValueError(f"PPOConfig.trainable: expected one of {TRAINABLE}, got {self.trainable!r}")
         if self.kl_kind not in ppo.KL_ESTIMATORS:
             raise ValueError(f"PPOConfig.kl_kind: expected one of {list(ppo.KL_ESTIMATORS)}, got {self.kl_kind!r}")
         if self.batch_size % self.update.n_minibatches:
@@ -184,17 +189,28 @@ def init_ppo_params(policy_params: dict, rm_params: dict, model_cfg: GPTConfig, 
     return {"policy": copy(policy_params), "value": copy(value)}
 
 
+def ppo_labels(params: dict, trainable: str) -> dict:
+    """"train"/"frozen" for each leaf of {"policy", "value"}: the policy's per `trainable`
+    (training.gpt_labels), the value function's always "train"."""
+    return {"policy": gpt_labels(params["policy"], trainable),
+            "value": jax.tree_util.tree_map(lambda _: "train", params["value"])}
+
+
 @functools.cache
-def ppo_optimizer(lr: float, max_grad_norm: float) -> optax.GradientTransformation:
-    """Adam with global-norm clipping, cached: runs with the same (lr, clip) share one optimizer
-    object, which is part of the TrainState's static structure (so they share one compilation)."""
-    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr))
+def ppo_optimizer(lr: float, max_grad_norm: float, trainable: str = "all") -> optax.GradientTransformation:
+    """Adam with global-norm clipping (zero updates for frozen policy weights), cached: runs with
+    the same arguments share one optimizer object, which is part of the TrainState's static
+    structure (so they share one compilation)."""
+    adam = optax.adam(lr)
+    if trainable != "all":
+        adam = freeze_updates(adam, partial(ppo_labels, trainable=trainable))
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), adam)
 
 
 def init_ppo_state(policy_params, rm_params, model_cfg: GPTConfig, cfg: PPOConfig, key) -> PPOState:
     """PPOState at iteration 0: `init_ppo_params`, fresh Adam state, beta = cfg.kl.init_beta."""
     params = init_ppo_params(policy_params, rm_params, model_cfg, cfg, key)
-    ts = TrainState.create(apply_fn=None, params=params, tx=ppo_optimizer(cfg.lr, cfg.max_grad_norm))
+    ts = TrainState.create(apply_fn=None, params=params, tx=ppo_optimizer(cfg.lr, cfg.max_grad_norm, cfg.trainable))
     return PPOState(ts, ppo.kl_controller_init(cfg.kl))
 
 
@@ -234,6 +250,7 @@ def ppo_loss(params: dict, mb: dict, cfg: PPOConfig, model_cfg: GPTConfig):
     pi_theta on the response tokens.  mb: {tokens, attention_mask, response_mask, old_logps,
     old_values, advantages, returns}, each [b, T].  Returns (loss, metrics).
     """
+    params = stop_frozen(params, ppo_labels(params, cfg.trainable))  # "final_norm": only ln_f learns
     mask = mb["response_mask"]
     new_logps, new_values, logits = policy_and_values(params, mb["tokens"], mb["attention_mask"],
                                                       cfg, model_cfg)

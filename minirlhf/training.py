@@ -16,6 +16,42 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+TRAINABLE = ("all", "final_norm")
+"""Which of a GPT's weights an alignment stage may change (`gpt_labels`):
+
+    "all"          full fine-tuning: every weight
+    "final_norm"   only the final LayerNorm ln_f (its gain g and bias b: 2 x d_model numbers)
+
+A parameter-efficient regime in the spirit of BitFit (Ben Zaken et al. 2022, which trains only
+the biases): ln_f is shared by every prompt, so whatever alignment learns there must hold for
+every prompt at once.  Lessons 05 and 06 measure what that does on countries alignment never saw."""
+
+
+def gpt_labels(params: dict, trainable: str) -> dict:
+    """The tree of `params` (a GPT) with each leaf replaced by "train" or "frozen" (see TRAINABLE)."""
+    if trainable not in TRAINABLE:
+        raise ValueError(f"trainable: expected one of {TRAINABLE}, got {trainable!r}")
+
+    def label(path, _):   # path[0] is the top-level key: "wte", "wpe", "blocks" or "ln_f"
+        return "train" if trainable == "all" or path[0].key == "ln_f" else "frozen"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def stop_frozen(params, labels):
+    """params with jax.lax.stop_gradient on every "frozen" leaf of `labels`: their gradient is
+    exactly 0 and XLA skips the backward pass through them (with "final_norm", everything below
+    ln_f).  The loss value is unchanged."""
+    return jax.tree_util.tree_map(lambda p, label: p if label == "train" else jax.lax.stop_gradient(p),
+                                  params, labels)
+
+
+def freeze_updates(optimizer: optax.GradientTransformation, labels) -> optax.GradientTransformation:
+    """`optimizer` on the "train" leaves, a zero update on the "frozen" ones (so that no optimizer
+    term, e.g. weight decay, can move them).  labels: a tree like `gpt_labels`'s, or a function
+    params -> such a tree."""
+    return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)
+
 
 class TrainState(NamedTuple):
     params: dict          # the pytree being trained
