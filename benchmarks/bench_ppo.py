@@ -75,7 +75,8 @@ def main():
     smoke = args.smoke
     model_cfg = (PretrainConfig.smoke() if smoke else PretrainConfig()).model
     cfg = rlhf.PPOConfig.smoke() if smoke else rlhf.PPOConfig()
-    cfg = rlhf.PPOConfig(**{**cfg.__dict__, "value_model": args.value_model})
+    # PPO-ptx, as measured in results/bench_ppo.log (the lessons' main run was PPO-ptx then)
+    cfg = rlhf.PPOConfig(**{**cfg.__dict__, "value_model": args.value_model, "ptx_coef": 1.0})
     tok = ensure_tokenizer(smoke)
     prompts = split_prompts("train")
     enc = encode_prompts(tok, prompts, max_len=cfg.prompt_len)

@@ -9,8 +9,9 @@
 #     max_theta  E_{x ~ D, y ~ pi_theta(.|x)} [ r_phi(x, y) ]  -  beta KL(pi_theta(.|x) || pi_ref(.|x))
 #                + gamma E_{x ~ D_pretrain} [ log pi_theta(x) ]
 #
-# The last term ("PPO-ptx", gamma = `PPOConfig.ptx_coef`) keeps the policy a good language
-# model of the pretraining corpus; section 6 shows why it matters on prompts PPO never sees.
+# The last term ("PPO-ptx", gamma = `PPOConfig.ptx_coef`, 0 by default) keeps the policy a good
+# language model of the pretraining corpus; sections 6 and 8 show what it does on prompts PPO
+# never sees.
 #
 # Why the KL term?  r_phi is only trustworthy near the data it was fitted on (samples of
 # pi_ref).  Far from pi_ref, a policy can find responses that r_phi scores high and the
@@ -29,6 +30,7 @@ import numpy as np
 from minirlhf import exact_training as et
 from minirlhf import paths, ppo, rlhf
 from minirlhf.evaluation import format_table, sample_answers
+from minirlhf.model import tempered
 from minirlhf.pretrain import corpus_arrays, ensure_tokenizer
 from minirlhf.reward import ensure_reward_model
 from minirlhf.sft import ensure_sft_model
@@ -46,8 +48,16 @@ tok = ensure_tokenizer(args.smoke)
 ref_params, model_cfg = ensure_sft_model(args.smoke)     # pi_ref (lesson 03), built if missing
 rm_params, _ = ensure_reward_model(args.smoke)           # r_phi (lesson 04), built if missing
 splits = {name: cw.split_prompts(name) for name in cw.SPLITS}
-N_EVAL = 1 if args.smoke else 32   # samples per prompt: 256 rows on each 8-prompt split (SE ~0.03)
+N_ROWS = 8 if args.smoke else 256  # evaluation samples per split (8 per train prompt, 32 per held-out
+                                   # or OOD prompt): standard error ~0.03, one compiled shape for all
+key_eval = jax.random.PRNGKey(args.seed + 11)   # the same samples' randomness for every policy
 print(f"PPO config: {cfg}")
+
+
+def evaluate(params, names=("train", "heldout", "ood")):
+    """rlhf.evaluate_policy on each split: gold metrics and KL(pi || pi_ref) of N_ROWS samples."""
+    return {name: rlhf.evaluate_policy(params, ref_params, model_cfg, tok, {name: splits[name]}, key_eval,
+                                       max(N_ROWS // len(splits[name]), 1))[name] for name in names}
 
 # %% [markdown]
 # ## 1. A rollout, and the two policies' log-probs
@@ -174,14 +184,13 @@ for name, params in (("SFT (pi_ref)", ref_params), ("PPO", policy)):
 # %% [markdown]
 # ## 5. Gold accuracy: SFT vs PPO, with the KL each spent
 #
-# N_EVAL samples per prompt per split.  KL is the Monte-Carlo estimate
+# N_ROWS samples per split.  KL is the Monte-Carlo estimate
 # E_y~pi [log pi(y|x) - log pi_ref(y|x)] in nats per response (0 for pi_ref itself).
 
 # %%
-key_eval = jax.random.PRNGKey(args.seed + 11)
 results = {}
 for name, params in (("SFT", ref_params), ("PPO", policy)):
-    ev = rlhf.evaluate_policy(params, ref_params, model_cfg, tok, splits, key_eval, N_EVAL)
+    ev = evaluate(params)
     results.update({f"{name} {split}": m for split, m in ev.items()})
 print(format_table(results, ("gold/accuracy", "gold/reward", "gold/eos_rate", "kl")))
 gain = results["PPO heldout"]["gold/accuracy"] - results["SFT heldout"]["gold/accuracy"]
@@ -190,22 +199,24 @@ print(f"held-out gold accuracy: SFT {results['SFT heldout']['gold/accuracy']:.3f
       f"{results['PPO heldout']['kl']:.2f} nats")
 
 # %% [markdown]
-# ## 6. The alignment tax, and what PPO-ptx does about it
+# ## 6. The alignment tax
 #
-# The main run mixes a next-token loss on pretraining documents into every PPO minibatch
-# (`ptx_coef` = gamma = 1, InstructGPT's "PPO-ptx", Ouyang et al. 2022 eq. 2).  The runs below
-# switch it off.  PPO's reward comes from train prompts only, and what it learns there is partly
-# about *tokens*: train countries and train capitals are what good answers contain.  Asked about a
-# held-out country, such a policy starts answering about a train country ("The capital of Peru is
-# Lima." to "What's the capital of Portugal?"), and the reward model, which never learnt to check
-# the answer against the question, scores that well.  The pretraining term keeps the policy able
-# to talk about every country in the corpus.  The held-out accuracies of both runs are printed.
+# PPO raised gold accuracy on the train prompts and did not on held-out countries (the table
+# above; over 3 seeds it lowers it, see the README).  PPO's reward comes from train prompts only,
+# and what it learns there is partly about *tokens*: train countries and train capitals are what
+# good answers contain.  Asked about a held-out country, such a policy starts answering about a
+# train country ("The capital of Peru is Lima." to "What's the capital of Portugal?"), and the
+# reward model, which never learnt to check the answer against the question, scores that well.
+# InstructGPT's remedy is the pretraining term ("PPO-ptx", `ptx_coef` = gamma = 1, Ouyang et al.
+# 2022 eq. 2): a next-token loss on pretraining documents in every PPO minibatch keeps the policy
+# able to talk about every country in the corpus.  `benchmarks/ptx_seeds.py` measures it over 3
+# seeds: it removes the tax but adds little on held-out prompts.  Section 8 tries something else.
 #
 # ## 7. The role of beta
 #
-# Without ptx, three betas at the same learning rate: 0, the main run's 0.5 and 2 (0.5 we
-# picked by a small sweep on the gold reward, which real RLHF cannot see: there one tunes beta
-# on held-out human judgements).  With beta = 0 nothing holds the policy near pi_ref,
+# Three betas at the same learning rate: 0, the main run's 0.5 and 2 (0.5 we picked by a small
+# sweep on the gold reward, which real RLHF cannot see: there one tunes beta on held-out human
+# judgements).  With beta = 0 nothing holds the policy near pi_ref,
 # the KL grows fast, and the policy is free to exploit the reward model's mistakes: if it
 # finds some, the learned reward keeps rising while the gold reward stalls or falls (reward
 # hacking, Gao et al. 2023).  With beta = 2 the penalty dominates and the policy barely moves.
@@ -215,20 +226,11 @@ print(f"held-out gold accuracy: SFT {results['SFT heldout']['gold/accuracy']:.3f
 # run reproduces the pattern (gold peaking early while r_phi keeps rising), from its own numbers.
 
 # %%
-SWEEP_LR = cfg.lr
 SWEEP = (0.0, cfg.kl.init_beta, 2.0)
-sweep, sweep_policy = {}, {}
-for beta in SWEEP:
-    sweep_cfg = rlhf.PPOConfig(**{**cfg.__dict__, "lr": SWEEP_LR, "ptx_coef": 0.0,
-                                  "kl": ppo.KLControllerConfig(init_beta=beta)})
-    st, sweep[beta] = rlhf.train_ppo(ref_params, ref_params, rm_params, model_cfg, tok, sweep_cfg, quiet=True)
-    sweep_policy[beta] = st.train_state.params["policy"]
-no_ptx = rlhf.evaluate_policy(sweep_policy[cfg.kl.init_beta], ref_params, model_cfg, tok,
-                              {"train": splits["train"], "heldout": splits["heldout"]}, key_eval, N_EVAL)
-print(f"beta = {cfg.kl.init_beta}, gold accuracy         train   held-out   KL(held-out)")
-print(f"  SFT (pi_ref)                    {results['SFT train']['gold/accuracy']:7.3f}  {results['SFT heldout']['gold/accuracy']:8.3f}")
-print(f"  PPO without ptx                 {no_ptx['train']['gold/accuracy']:7.3f}  {no_ptx['heldout']['gold/accuracy']:8.3f}  {no_ptx['heldout']['kl']:8.2f}")
-print(f"  PPO-ptx (gamma = {cfg.ptx_coef:<4})           {results['PPO train']['gold/accuracy']:7.3f}  {results['PPO heldout']['gold/accuracy']:8.3f}  {results['PPO heldout']['kl']:8.2f}")
+sweep = {cfg.kl.init_beta: history}               # the main run is the middle of the sweep
+for beta in (SWEEP[0], SWEEP[2]):
+    sweep_cfg = rlhf.PPOConfig(**{**cfg.__dict__, "kl": ppo.KLControllerConfig(init_beta=beta)})
+    _, sweep[beta] = rlhf.train_ppo(ref_params, ref_params, rm_params, model_cfg, tok, sweep_cfg, quiet=True)
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
 for beta in SWEEP:
     h = sweep[beta]
@@ -239,7 +241,7 @@ for ax, label in zip(axes, ("learned reward r_phi (normalised units)", "gold rew
     ax.set(xlabel="PPO iteration", ylabel=label)
     ax.grid(alpha=0.3)
 axes[0].legend()
-fig.suptitle(f"beta sweep at lr {SWEEP_LR} (rollout samples of each iteration)")
+fig.suptitle(f"beta sweep at lr {cfg.lr} (rollout samples of each iteration)")
 fig.tight_layout()
 fig.savefig(FIGURES / "05_beta_sweep.png", dpi=120)
 tail = slice(-max(len(its) // 5, 1), None)                   # mean of the last 20% of iterations
@@ -254,7 +256,78 @@ print(f"beta = {SWEEP[0]}: gold reward peaked at iteration {peak + 1} ({small['g
       f"and ended at {small['gold/reward'][tail].mean():.3f} while r_phi went "
       f"{small['objective/scores'][peak]:.3f} -> {small['objective/scores'][tail].mean():.3f}")
 # %% [markdown]
-# ## 8. The exact check: PPO reaches the closed-form optimum
+# ## 8. What PPO is allowed to change decides what carries to new prompts
+# Every run so far updated all ~0.35M weights.  On the train prompts that works, but on held-out
+# countries it gains little or loses (section 6): with every weight free, PPO can make a change
+# *specific to each train country* (this prompt -> that capital), which says nothing about
+# Portugal.  Now restrict PPO to the final LayerNorm ln_f (`PPOConfig.trainable="final_norm"`:
+# its gain and bias, 2 x d_model = 192 numbers, a parameter-efficient regime in the spirit of
+# BitFit, Ben Zaken et al. 2022).  ln_f sits under every prompt at once, so whatever PPO learns
+# there must hold for every prompt at once.  The same run as the main one otherwise (beta = 0.5)
+# plus the ptx term (gamma = 1), with a learning rate fit for 192 numbers of order 1 (3e-2, picked
+# like beta by a small sweep: 1e-2 moved too little, 1e-1 drifted further from pi_ref for the same
+# gain) and 20 iterations instead of 30 (its rollouts' gold accuracy levels off by then).
+#
+# Which shared change does the reward favour?  The SFT model's most likely answer to a
+# held-out prompt is right for all 8 held-out countries (greedy decoding), yet its temperature-1
+# samples are right only ~40% of the time: the knowledge is there, the samples are spread out.
+# So the fair baseline is not pi_ref at temperature 1 but pi_ref at a LOWER temperature, which
+# needs no preferences at all.  Its cost is a KL too: KL(pi_T || pi_ref), estimated on samples of
+# pi_T exactly like the policies' KL.  And temperature lives inside the final-norm regime: the
+# logits are linear in ln_f's (g, b), so (g/T, b/T) IS pi_ref at temperature T
+# (`model.tempered`).  Final-norm PPO can reach every point of the temperature curve, and 190 other
+# directions besides; the question is whether it finds anything better.  The figure puts every policy of this lesson on the same
+# held-out axes: accuracy against KL, with the temperature curve as the reference line.
+
+# %%
+FINAL_NORM_LR = 3e-2
+fn_cfg = rlhf.PPOConfig(**{**cfg.__dict__, "trainable": "final_norm", "lr": FINAL_NORM_LR, "ptx_coef": 1.0,
+                           "n_iterations": max(2 * cfg.n_iterations // 3, 1)})
+fn_state, fn_history = rlhf.train_ppo(ref_params, ref_params, rm_params, model_cfg, tok, fn_cfg, quiet=True)
+fn_policy = fn_state.train_state.params["policy"]
+fn_eval = evaluate(fn_policy)
+TEMPERATURES = (0.8, 0.7, 0.6)   # pi_ref at temperature T, as weights: ln_f's (g, b) / T (model.tempered)
+tempered_ref = {T: evaluate(tempered(ref_params, T), ("train", "heldout")) for T in TEMPERATURES}
+rows = [("SFT (pi_ref), T = 1", {s: results[f"SFT {s}"] for s in ("train", "heldout")}),
+        *[(f"pi_ref at T = {T}", tempered_ref[T]) for T in TEMPERATURES],
+        ("PPO, all weights (main run)", {s: results[f"PPO {s}"] for s in ("train", "heldout")}),
+        ("PPO-ptx, final norm only", fn_eval)]
+print(f"{'gold accuracy (KL to pi_ref, nats)':<34}{'train':>16}{'held-out':>16}")
+for name, ev in rows:
+    print(f"{name:<34}" + "".join(f"{ev[s]['gold/accuracy']:>9.3f} ({abs(ev[s]['kl']):4.2f})"
+                                   for s in ("train", "heldout")))
+print(f"held-out gold accuracy: SFT {results['SFT heldout']['gold/accuracy']:.3f} -> final-norm PPO-ptx "
+      f"{fn_eval['heldout']['gold/accuracy']:.3f} at KL {fn_eval['heldout']['kl']:.2f} nats "
+      f"(OOD {results['SFT ood']['gold/accuracy']:.3f} -> {fn_eval['ood']['gold/accuracy']:.3f})")
+
+fig, ax = plt.subplots(figsize=(6.4, 4.4))
+curve = [(0.0, results["SFT heldout"]["gold/accuracy"])] + [
+    (tempered_ref[T]["heldout"]["kl"], tempered_ref[T]["heldout"]["gold/accuracy"]) for T in TEMPERATURES]
+ax.plot(*zip(*curve), "k--", marker="o", label="pi_ref at T = 1, 0.8, 0.7, 0.6")
+for name, ev in rows[-2:]:
+    ax.scatter(ev["heldout"]["kl"], ev["heldout"]["gold/accuracy"], s=60, label=name, zorder=3)
+ax.set(xlabel="KL(pi || pi_ref) on held-out prompts (nats / response)",
+       ylabel="held-out gold accuracy", title="What carries to countries PPO never saw")
+ax.grid(alpha=0.3)
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(FIGURES / "05_what_transfers.png", dpi=120)
+
+# %% [markdown]
+# Read the table with the temperature rows in mind.  Restricted to ln_f, PPO lifts held-out
+# accuracy far more than any full fine-tuning run, because the one change it can make everywhere
+# and that the reward model pays for on every train prompt is: *commit to your most likely
+# answer*.  That is close to what a lower temperature does, and the figure shows how close: the
+# final-norm policy lands near the temperature curve at its own KL (the printout above gives
+# both).  So this is not new knowledge: PPO found, from preferences about 32 other countries, a
+# change that uses what pretraining already put in the model.  Nothing here teaches the model a
+# capital it did not know (OOD stays low), and on the train prompts full fine-tuning can learn
+# country-specific fixes that ln_f cannot.  RLHF'd models are known to become more confident
+# and less diverse (Kirk et al. 2024; the GPT-4 report's calibration plot); in this world that
+# effect is most of what generalises.
+
+# %% [markdown]
+# ## 9. The exact check: PPO reaches the closed-form optimum
 #
 # On the exact world (2 prompts x 27 responses, lesson 01) the optimum of
 # E[r] - beta KL(pi || pi_ref) is known: pi*_beta = pi_ref exp(r / beta) / Z.  The same PPO

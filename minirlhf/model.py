@@ -330,6 +330,20 @@ def unembed(params, h, cfg: GPTConfig):
     return at_least_f32(logits)
 
 
+def tempered(params: dict, temperature: float) -> dict:
+    """The same GPT at sampling temperature T, as weights: ln_f's gain and bias divided by T.
+
+    logits = (g * xhat + b) W^T is linear in (g, b), so (g/T, b/T) gives logits / T exactly:
+    softmax(logits / T) is pi at temperature T.  Temperature is thus one direction inside the
+    "final_norm" regime (training.TRAINABLE) that lessons 05-06 align: a baseline that regime can
+    always reach.  The hidden states change too (by 1/T), so a scalar head read from them would
+    not be tempered; only the logits are.
+    """
+    if not temperature > 0:
+        raise ValueError(f"tempered: expected temperature > 0, got {temperature}")
+    return {**params, "ln_f": jax.tree_util.tree_map(lambda x: x / temperature, params["ln_f"])}
+
+
 # ----------------------------------------------------------------------------- log-probs
 
 def token_logprobs(logits, tokens, temperature: float = 1.0):

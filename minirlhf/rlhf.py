@@ -120,11 +120,11 @@ class PPOConfig:
     """Width P of the left-padded prompts."""
     max_new_tokens: int = MAX_NEW_TOKENS
     """Response budget N; a response without <eos> after N tokens is cut (and scored as such)."""
-    ptx_coef: float = 1.0
+    ptx_coef: float = 0.0
     """gamma of InstructGPT's PPO-ptx (Ouyang et al. 2022, eq. 2): each minibatch also takes
     gamma x the next-token loss on as many pretraining documents, which keeps what the base model
-    knew about prompts PPO never sees; 0 = plain PPO.  Lesson 05 measures both: without it PPO
-    lowers held-out accuracy (the "alignment tax"), with it held-out accuracy rises."""
+    knew about prompts PPO never sees; 0 = plain PPO (the default).  Without it PPO lowers
+    held-out accuracy (the "alignment tax"; benchmarks/ptx_seeds.py measures both)."""
     trainable: str = "all"
     """Which policy weights PPO updates (training.TRAINABLE): "all" (full fine-tuning) or
     "final_norm" (only ln_f; lesson 05 section 7).  The value function always trains in full."""

@@ -270,3 +270,24 @@ def test_ptx_gradient_equals_finite_differences_of_the_written_out_lm_loss():
             analytic = sum(float(jnp.vdot(g, dx)) for g, dx in zip(jax.tree_util.tree_leaves(grad),
                                                                      jax.tree_util.tree_leaves(d)))
             np.testing.assert_allclose(analytic, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_sequence_kl_of_tempered_samples_matches_the_exact_kl():
+    """sequence_kl on samples of pi at temperature T estimates KL(pi_T || pi) (the sampler's
+    log-probs are the tempered ones).  One-token responses: the exact value is
+    sum_v softmax(z/T)_v (log softmax(z/T)_v - log softmax(z)_v) at the last prompt position."""
+    params = init_params(jax.random.PRNGKey(3), MODEL)
+    params["wte"] = params["wte"] * 10.0            # a fresh GPT is near-uniform: sharpen its logits
+    pt, pm = prompts()
+    reps, T = 2048, 0.5
+    gen = generate(params, jnp.tile(pt, (reps, 1)), jnp.tile(pm, (reps, 1)), jax.random.PRNGKey(4),
+                   cfg=MODEL, max_new_tokens=1, temperature=T)
+    terms = np.asarray(rlhf.sequence_kl(params, gen, MODEL)).reshape(reps, 4)           # [reps, 4]
+    z = np.asarray(forward(params, pt, pm, MODEL).logits[:, -1], np.float64)             # [4, V]
+    log_softmax = lambda x: x - x.max(-1, keepdims=True) - np.log(
+        np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    log_p, log_pt = log_softmax(z), log_softmax(z / T)
+    exact = (np.exp(log_pt) * (log_pt - log_p)).sum(-1)                                  # [4]
+    se = terms.std(0) / np.sqrt(reps)
+    assert np.all(exact > 0.1), exact
+    assert np.all(np.abs(terms.mean(0) - exact) < 4 * se), (terms.mean(0), exact, se)

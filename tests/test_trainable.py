@@ -15,7 +15,7 @@ from test_rlhf import CFG, MODEL, prompts
 
 from minirlhf import rlhf
 from minirlhf.dpo_train import DPOConfig, evaluate_pairs, train_dpo, with_reference_logps
-from minirlhf.model import cross_entropy_loss, forward, init_params, init_scalar_head
+from minirlhf.model import cross_entropy_loss, forward, init_params, init_scalar_head, tempered, token_logprobs
 from minirlhf.training import gpt_labels, stop_frozen
 
 
@@ -114,3 +114,15 @@ def test_final_norm_ppo_moves_only_ln_f_and_the_value_function():
         moves = "['value']" in name or "['ln_f']" in name
         assert np.array_equal(before[name], after[name]) == (not moves), name
     assert jnp.all(jnp.isfinite(new_state.train_state.params["policy"]["ln_f"]["g"]))
+
+
+def test_tempered_weights_give_the_tempered_distribution():
+    """log softmax(z / T) from the original weights == log softmax(z') from (g/T, b/T)."""
+    params = perturbed_params(4)
+    tokens, attn, resp, _ = random_rows(np.random.default_rng(2), 4, 10, TINY.vocab_size)
+    for T in (0.5, 0.8, 2.0):
+        original = token_logprobs(forward(params, tokens, attn, TINY).logits, tokens, temperature=T)
+        as_weights = token_logprobs(forward(tempered(params, T), tokens, attn, TINY).logits, tokens)
+        np.testing.assert_allclose(as_weights, original, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="temperature > 0"):
+        tempered(params, 0.0)
