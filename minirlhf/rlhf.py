@@ -124,7 +124,7 @@ class PPOConfig:
     """gamma of InstructGPT's PPO-ptx (Ouyang et al. 2022, eq. 2): each minibatch also takes
     gamma x the next-token loss on as many pretraining documents, which keeps what the base model
     knew about prompts PPO never sees; 0 = plain PPO (the default).  Without it PPO lowers
-    held-out accuracy (the "alignment tax"; benchmarks/ptx_seeds.py measures both)."""
+    held-out accuracy (the "alignment tax"; benchmarks/heldout_seeds.py measures both)."""
     trainable: str = "all"
     """Which policy weights PPO updates (training.TRAINABLE): "all" (full fine-tuning) or
     "final_norm" (only ln_f; lesson 05 section 7).  The value function always trains in full."""
