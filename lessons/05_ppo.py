@@ -201,8 +201,8 @@ print(f"held-out gold accuracy: SFT {results['SFT heldout']['gold/accuracy']:.3f
 # %% [markdown]
 # ## 6. The alignment tax
 #
-# PPO raised gold accuracy on the train prompts and did not on held-out countries (the table
-# above; over 3 seeds it lowers it, see the README).  PPO's reward comes from train prompts only,
+# PPO raised gold accuracy on the train prompts and lowered it on held-out countries (the table
+# above; the same over 3 seeds, see the README).  PPO's reward comes from train prompts only,
 # and what it learns there is partly about *tokens*: train countries and train capitals are what
 # good answers contain.  Asked about a held-out country, such a policy starts answering about a
 # train country ("The capital of Peru is Lima." to "What's the capital of Portugal?"), and the
