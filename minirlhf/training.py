@@ -1,4 +1,5 @@
-"""Generic training machinery shared by every stage: optimizer, jitted step, batches, progress.
+"""Generic training machinery shared by every stage: optimizer, jitted step, batches, progress,
+and which of a GPT's weights an alignment stage may change (TRAINABLE).
 
 A stage supplies `loss_fn(params, batch) -> (loss, metrics)`; `make_train_step` turns it into
 one jitted function doing forward, backward and the optimizer update.
