@@ -50,20 +50,6 @@ def seed_arg(text: str) -> int:
     return seed
 
 
-def enable_compilation_cache() -> None:
-    """Keep XLA's compiled programs on disk, under <runs root>/jax_cache, unless a cache
-    directory is already configured (e.g. JAX_COMPILATION_CACHE_DIR, or the test suite's).
-
-    Each lesson is a new process, and several compile programs an earlier lesson already
-    compiled (lesson 07 trains PPO and DPO with lessons 05 and 06's configurations): those are
-    read back instead of compiled again.  An entry is keyed by the program, the compile options
-    and the jax version, so it is only ever reused for the identical program."""
-    import jax  # here, not at the top: paths is imported by code that never compiles anything
-
-    if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(runs_root() / "jax_cache"))
-
-
 def lesson_args(argv: list[str] | None = None, extra: tuple = ()) -> argparse.Namespace:
     """Parse a lesson's flags: --smoke (tiny config, seconds; used by the tests), --seed, and a
     lesson's own flags `extra`, as (flag, argparse keyword arguments) pairs.
@@ -71,7 +57,7 @@ def lesson_args(argv: list[str] | None = None, extra: tuple = ()) -> argparse.Na
     A misspelt flag is an error (a typo must not silently start the full run).  The one
     exception is a Jupyter kernel, which passes flags of its own: `-f <connection file>` is
     accepted always, and inside a kernel unknown flags are ignored, so the lessons also run
-    as notebooks.  Also turns on the persistent compilation cache (`enable_compilation_cache`)."""
+    as notebooks."""
     parser = argparse.ArgumentParser(description="Run a minirlhf lesson top to bottom.")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny configuration that finishes in seconds (used by tests)")
@@ -79,6 +65,6 @@ def lesson_args(argv: list[str] | None = None, extra: tuple = ()) -> argparse.Na
     for flag, kwargs in extra:
         parser.add_argument(flag, **kwargs)
     parser.add_argument("-f", dest="jupyter_connection_file", help=argparse.SUPPRESS)
-    args = parser.parse_known_args(argv)[0] if "ipykernel" in sys.modules else parser.parse_args(argv)
-    enable_compilation_cache()
-    return args
+    if "ipykernel" in sys.modules:
+        return parser.parse_known_args(argv)[0]
+    return parser.parse_args(argv)
