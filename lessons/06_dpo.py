@@ -204,7 +204,8 @@ ptx_params, _ = train_dpo(sft_params, train, model_cfg, ptx_cfg, quiet=True, ptx
 for split_i, split in enumerate(("train", "heldout")):
     s = sample_answers(ptx_params, model_cfg, tok, splits[split], jax.random.PRNGKey(100 + split_i),
                        n=n_per[split])
-    results[f"dpo-ptx/{split}"] = gold_metrics(s)
+    results[f"dpo-ptx/{split}"] = {**gold_metrics(s),   # KL from the sampler's log-probs (section 4's k1)
+                                   "kl_k1": float(np.mean(sequence_kl(sft_params, s.generation, model_cfg)))}
 print(f"{'gold accuracy':<22}{'train':>8}{'held-out':>10}")
 for name in ("sft", "dpo", "dpo-ptx"):
     print(f"{name:<22}{results[name + '/train']['gold/accuracy']:>8.3f}"
@@ -238,9 +239,11 @@ def accuracy_and_kl(params):
     return out
 
 
-rows = {"SFT (pi_ref), T = 1": accuracy_and_kl(sft_params),
+measured = lambda name: {s: (results[f"{name}/{s}"]["gold/accuracy"], results[f"{name}/{s}"]["kl_k1"])
+                         for s in ("train", "heldout")}      # the rows above: same prompts and keys
+rows = {"SFT (pi_ref), T = 1": measured("sft"),
         **{f"pi_ref at T = {T}": accuracy_and_kl(tempered(sft_params, T)) for T in (0.8, 0.7, 0.6)},
-        "DPO-ptx, all weights": accuracy_and_kl(ptx_params),
+        "DPO-ptx, all weights": measured("dpo-ptx"),
         "DPO-ptx, final norm only": accuracy_and_kl(fn_params)}
 print(f"{'gold accuracy (KL, nats)':<28}{'train':>16}{'held-out':>16}")
 for name, m in rows.items():
