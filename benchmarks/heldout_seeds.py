@@ -24,6 +24,7 @@ import numpy as np
 
 from minirlhf import rlhf
 from minirlhf.dpo_train import DPOConfig, load_pair_arrays, train_dpo, with_reference_logps
+from minirlhf.evaluation import evaluate_policy
 from minirlhf.model import tempered
 from minirlhf.pretrain import corpus_arrays, ensure_tokenizer
 from minirlhf.reward import ensure_reward_model
@@ -51,7 +52,7 @@ def main():
         """{split: (gold accuracy, KL to pi_ref)} of n-rows samples per split."""
         out = {}
         for split, prompts in splits.items():
-            ev = rlhf.evaluate_policy(params, sft, cfg, tok, {split: prompts}, key, args.n_rows // len(prompts))
+            ev = evaluate_policy(params, sft, cfg, tok, {split: prompts}, key, args.n_rows // len(prompts))
             out[split] = (ev[split]["gold/accuracy"], ev[split]["kl"])
         return out
 

@@ -65,12 +65,11 @@ from minirlhf.dpo_train import (
     train_dpo,
     with_reference_logps,
 )
-from minirlhf.evaluation import gold_metrics, sample_answers
+from minirlhf.evaluation import gold_metrics, sample_answers, sequence_kl
 from minirlhf.exact_training import TabularDPOConfig, run_dpo
 from minirlhf.model import tempered
 from minirlhf.pretrain import corpus_arrays, ensure_tokenizer
 from minirlhf.reward_data import ensure_preferences
-from minirlhf.rlhf import sequence_kl
 from minirlhf.sft import ensure_sft_model
 from minirlhf.tabular import all_sequence_logprobs
 from minirlhf.worlds import capitals as cw
@@ -220,7 +219,7 @@ for name in ("sft", "dpo", "dpo-ptx"):
 # chosen answers are, far more often than the rejected ones, the answer pi_ref itself finds most
 # likely.  The fair baseline is therefore pi_ref at a lower temperature (no preferences needed),
 # with its own KL(pi_T || pi_ref); pi_ref at temperature T is itself a final-norm policy, ln_f's
-# (g, b) divided by T (`model.tempered`).  `rlhf.sequence_kl` estimates every KL from the
+# (g, b) divided by T (`model.tempered`).  `evaluation.sequence_kl` estimates every KL from the
 # sampler's log-probs, on the same prompts and keys as above.
 
 # %%

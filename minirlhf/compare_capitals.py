@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from minirlhf import dpo_train, rlhf
-from minirlhf.evaluation import sample_answers
+from minirlhf.evaluation import evaluate_policy, sample_answers
 from minirlhf.pretrain import ensure_tokenizer
 from minirlhf.reward import ensure_reward_model
 from minirlhf.reward_data import ensure_preferences
@@ -56,7 +56,7 @@ class CapitalsCompareConfig:
 
 
 def _evaluate(params, ref_params, model_cfg, tok, splits, key, n_eval) -> dict:
-    out = rlhf.evaluate_policy(params, ref_params, model_cfg, tok, splits, key, n_eval)
+    out = evaluate_policy(params, ref_params, model_cfg, tok, splits, key, n_eval)
     return {**{f"acc/{s}": out[s]["gold/accuracy"] for s in SPLITS}, "kl": out["train"]["kl"]}
 
 

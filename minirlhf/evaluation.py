@@ -3,19 +3,22 @@
 Every lesson from 02 on measures a policy the same way: sample `n` answers per prompt at
 temperature 1 (the policy's own distribution, which is what PPO optimises and what a user
 sees), decode them, and report the gold accuracy (right capital, no wrong one), the mean
-gold reward r*, and the rate of answers that end with <eos>.
+gold reward r*, and the rate of answers that end with <eos>.  `evaluate_policy` adds the
+KL to pi_ref of those same samples (`sequence_kl`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tokenizers import Tokenizer
 
-from minirlhf.model import GPTConfig
+from minirlhf.model import GPTConfig, forward, token_logprobs
 from minirlhf.sampling import Generation, generate
 from minirlhf.tokenizer import decode_responses, encode_prompts
 from minirlhf.worlds.capitals import gold_correct, gold_rewards, parse_country
@@ -59,6 +62,27 @@ def evaluate_splits(params, cfg: GPTConfig, tok: Tokenizer, splits: dict, key: j
     out = {}
     for name, key_i in zip(splits, jax.random.split(key, len(splits))):
         out[name] = gold_metrics(sample_answers(params, cfg, tok, splits[name], key_i, n, temperature))
+    return out
+
+
+@partial(jax.jit, static_argnames=("model_cfg",))
+def sequence_kl(ref_params, gen: Generation, model_cfg: GPTConfig):
+    """Monte-Carlo KL(pi || pi_ref) terms of sampled responses (temperature-1 samples of pi):
+    sum_{t in y} log pi(y_t | .) - log pi_ref(y_t | .), with log pi from the sampler.  -> [B]."""
+    ref_logps = token_logprobs(forward(ref_params, gen.tokens, gen.attention_mask, model_cfg).logits,
+                               gen.tokens)
+    return jnp.sum((gen.logprobs - ref_logps) * gen.response_mask, axis=1)
+
+
+def evaluate_policy(params, ref_params, model_cfg: GPTConfig, tok: Tokenizer, splits: dict,
+                    key: jax.Array, n: int = 8) -> dict:
+    """{split: gold metrics of n temperature-1 samples per prompt (gold_metrics) plus
+    "kl" = the mean KL(pi || pi_ref) estimate (nats per response)}."""
+    out = {}
+    for name, key_i in zip(splits, jax.random.split(key, len(splits))):
+        samples = sample_answers(params, model_cfg, tok, splits[name], key_i, n)
+        out[name] = {**gold_metrics(samples),
+                     "kl": float(jnp.mean(sequence_kl(ref_params, samples.generation, model_cfg)))}
     return out
 
 

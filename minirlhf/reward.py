@@ -51,7 +51,14 @@ from minirlhf.reward_data import (
     load_preference_data,
 )
 from minirlhf.sft import ensure_sft_model
-from minirlhf.training import Progress, batches, init_train_state, make_optimizer, make_train_step
+from minirlhf.training import (
+    Progress,
+    batches,
+    freeze_updates,
+    init_train_state,
+    make_optimizer,
+    make_train_step,
+)
 from minirlhf.worlds.capitals import (
     CAPITAL,
     FACTS,
@@ -174,8 +181,7 @@ def reward_optimizer(regime: str, rcfg: RewardConfig) -> optax.GradientTransform
     if regime == "full":
         return make_optimizer(rcfg.lr_full, rcfg.steps_full, warmup_steps=5, weight_decay=rcfg.weight_decay)
     head_opt = make_optimizer(rcfg.lr_head, rcfg.steps_head, warmup_steps=5, weight_decay=rcfg.weight_decay)
-    return optax.multi_transform({"train": head_opt, "frozen": optax.set_to_zero()},
-                                 {"backbone": "frozen", "head": "train"})
+    return freeze_updates(head_opt, {"backbone": "frozen", "head": "train"})
 
 
 def pair_arrays(data: PreferenceData) -> dict:

@@ -51,7 +51,7 @@ from tokenizers import Tokenizer
 
 from minirlhf import ppo
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
-from minirlhf.evaluation import MAX_NEW_TOKENS, PROMPT_LEN, gold_metrics, sample_answers
+from minirlhf.evaluation import MAX_NEW_TOKENS, PROMPT_LEN
 from minirlhf.model import (
     GPTConfig,
     check_fields,
@@ -63,7 +63,7 @@ from minirlhf.model import (
 from minirlhf.paths import runs_dir
 from minirlhf.pretrain import corpus_arrays, ensure_tokenizer, ptx_loss, with_ptx_rows
 from minirlhf.reward import ensure_reward_model, reward_forward
-from minirlhf.sampling import Generation, generate
+from minirlhf.sampling import generate
 from minirlhf.sft import ensure_sft_model
 from minirlhf.tokenizer import decode_responses, encode_prompts
 from minirlhf.training import TRAINABLE, Progress, freeze_updates, gpt_labels, stop_frozen
@@ -395,29 +395,6 @@ def train_ppo(policy_params: dict, ref_params: dict, rm_params: dict, model_cfg:
             history.setdefault(name, []).append(value)
         progress(i, {k: metrics[k] for k in SHOWN})
     return state, {k: np.array(v) for k, v in history.items()}
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-@partial(jax.jit, static_argnames=("model_cfg",))
-def sequence_kl(ref_params, gen: Generation, model_cfg: GPTConfig):
-    """Monte-Carlo KL(pi || pi_ref) terms of sampled responses (temperature-1 samples of pi):
-    sum_{t in y} log pi(y_t | .) - log pi_ref(y_t | .), with log pi from the sampler.  -> [B]."""
-    ref_logps = token_logprobs(forward(ref_params, gen.tokens, gen.attention_mask, model_cfg).logits,
-                               gen.tokens)
-    return jnp.sum((gen.logprobs - ref_logps) * gen.response_mask, axis=1)
-
-
-def evaluate_policy(params, ref_params, model_cfg: GPTConfig, tok: Tokenizer, splits: dict,
-                    key: jax.Array, n: int = 8) -> dict:
-    """{split: gold metrics of n temperature-1 samples per prompt (evaluation.gold_metrics) plus
-    "kl" = the mean KL(pi || pi_ref) estimate (nats per response)}."""
-    out = {}
-    for name, key_i in zip(splits, jax.random.split(key, len(splits))):
-        samples = sample_answers(params, model_cfg, tok, splits[name], key_i, n)
-        out[name] = {**gold_metrics(samples),
-                     "kl": float(jnp.mean(sequence_kl(ref_params, samples.generation, model_cfg)))}
-    return out
 
 
 # ----------------------------------------------------------------------------- the stage

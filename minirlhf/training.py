@@ -41,8 +41,8 @@ def gpt_labels(params: dict, trainable: str) -> dict:
 
 def stop_frozen(params, labels):
     """params with jax.lax.stop_gradient on every "frozen" leaf of `labels`: their gradient is
-    exactly 0 and XLA skips the backward pass through them (with "final_norm", everything below
-    ln_f).  The loss value is unchanged."""
+    exactly 0, and the backward pass need not go below the lowest trainable weight (with
+    "final_norm": ln_f).  The loss value is unchanged."""
     return jax.tree_util.tree_map(lambda p, label: p if label == "train" else jax.lax.stop_gradient(p),
                                   params, labels)
 

@@ -9,6 +9,7 @@ import pytest
 from conftest import written_out_lm_loss
 
 from minirlhf import ppo, rlhf
+from minirlhf.evaluation import sequence_kl
 from minirlhf.model import GPTConfig, forward, init_params, init_scalar_head, scalar_head
 from minirlhf.pretrain import ptx_loss
 from minirlhf.sampling import generate
@@ -282,7 +283,7 @@ def test_sequence_kl_of_tempered_samples_matches_the_exact_kl():
     reps, T = 2048, 0.5
     gen = generate(params, jnp.tile(pt, (reps, 1)), jnp.tile(pm, (reps, 1)), jax.random.PRNGKey(4),
                    cfg=MODEL, max_new_tokens=1, temperature=T)
-    terms = np.asarray(rlhf.sequence_kl(params, gen, MODEL)).reshape(reps, 4)           # [reps, 4]
+    terms = np.asarray(sequence_kl(params, gen, MODEL)).reshape(reps, 4)           # [reps, 4]
     z = np.asarray(forward(params, pt, pm, MODEL).logits[:, -1], np.float64)             # [4, V]
     log_softmax = lambda x: x - x.max(-1, keepdims=True) - np.log(
         np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True))
