@@ -27,7 +27,7 @@ from minirlhf import paths
 from minirlhf import reward as rm
 from minirlhf.data import read_preferences
 from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
-from minirlhf.reward_data import encode_responses, ensure_preferences, load_preference_data
+from minirlhf.reward_data import encode_responses, ensure_preferences, load_groups, load_preference_data
 from minirlhf.sft import ensure_sft_model
 from minirlhf.worlds.capitals import (
     CAPITAL,
@@ -56,16 +56,21 @@ print(f"smoke={args.smoke} seed={args.seed}  runs -> {RUNS}  figures -> {FIGURES
 # %% [markdown]
 # ## 1. Collecting comparisons
 #
-# For each train prompt x the SFT model samples pairs (y1, y2) at temperature 1 (80 pairs
-# per prompt), and the rater of lesson 01 labels them:
+# For each train prompt x the SFT model samples 20 groups of K = 8 answers at temperature 1,
+# and the rater of lesson 01 compares every pair (y1, y2) inside a group:
 #
 #     P(y1 > y2 | x) = sigmoid((r*(x, y1) - r*(x, y2)) / tau),   tau = 0.5.
 #
-# The dataset D holds triplets (x, y_w, y_l) with metadata: the gold rewards, the rater's
-# probability p_chosen, whether each response ended with `<eos>` (a truncated answer must
-# stay truncated when re-encoded), and the split.  Pairs of two identical responses are
-# skipped: their label is a coin flip that carries no information.  Three more files, 24 pairs
-# per prompt, are never trained on: **valid** (fresh pairs on the same train prompts: the
+# This is InstructGPT's recipe (Ouyang et al. 2022, sec. 3.5): labellers ranked K = 4..9
+# responses at once, which gives C(K, 2) comparisons for the price of K samples, 28 instead of
+# 4 independent pairs from the same 8 answers.  (Our rater answers each comparison on its own,
+# so every label follows the Bradley-Terry model exactly.)
+#
+# The dataset D holds triplets (x, y_w, y_l) with metadata: the group, the gold rewards, the
+# rater's probability p_chosen, whether each response ended with `<eos>` (a truncated answer
+# must stay truncated when re-encoded), and the split.  Comparisons of two identical responses
+# are skipped: their label is a coin flip that carries no information.  Three more files of
+# independent pairs (groups of 2), 24 pairs per prompt, are never trained on: **valid** (fresh pairs on the same train prompts: the
 # in-distribution held-out set, used to pick the regime and to draw the training curves),
 # **heldout** (countries never in SFT) and **ood** (a new question template).
 #
@@ -76,11 +81,14 @@ print(f"smoke={args.smoke} seed={args.seed}  runs -> {RUNS}  figures -> {FIGURES
 pref_paths = ensure_preferences(args.smoke)          # runs[/smoke]/preferences_{split}.jsonl
 if args.prefs is not None:
     pref_paths = {**pref_paths, "train": args.prefs}  # validated by data.read_preferences
-data = load_preference_data(tok, pref_paths, SEQ_LEN, model_max_len=cfg.max_len)
+data = load_preference_data(tok, pref_paths, SEQ_LEN, model_max_len=cfg.max_len)   # pairs, every split
+groups = load_groups(tok, pref_paths["train"])   # [G, K, T], T: as wide as the file needs
 records = {split: read_preferences(path) for split, path in pref_paths.items()}   # the raw pairs
 for split, d in data.items():
-    print(f"{split:8s} {len(d.p_chosen):4d} pairs from {pref_paths[split]}  "
+    print(f"{split:8s} {len(d.p_chosen):5d} comparisons from {pref_paths[split]}  "
           f"Bayes rate {np.mean(np.maximum(d.p_chosen, 1 - d.p_chosen)):.3f}")
+print(f"train as groups: {groups.tokens.shape[0]} groups of up to K = {groups.tokens.shape[1]} distinct "
+      f"responses, {groups.wins.sum(axis=(1, 2)).mean():.1f} comparisons per group")
 for r in records["train"][:4]:
     print(f"  {r['prompt']!r}\n     chosen   {r['chosen']!r}\n     rejected {r['rejected']!r}"
           f"  p_chosen={r.get('p_chosen', float('nan')):.2f}")
@@ -99,7 +107,14 @@ for r in records["train"][:4]:
 #
 # Only differences of rewards enter, so r_phi is identified up to a constant; and since the
 # rater used sigmoid(dr*/tau), the best r_phi is r*/tau + const (scale 2 here).
-# `rm.reward_loss` runs chosen and rejected through one forward pass; `regime="head"` puts a
+# The comparisons of one group are one batch element, as in InstructGPT:
+#
+#     L_g(phi) = -1/|C_g| sum_{(y_w, y_l) in C_g} log sigmoid(r_phi(x, y_w) - r_phi(x, y_l)),
+#
+# so each of the K answers is scored once per step however many comparisons it is in, and
+# all of a prompt's comparisons move the model together (InstructGPT found that shuffling the
+# comparisons as independent pairs overfits: each answer is then seen K - 1 times per epoch).
+# `rm.reward_loss` scores a batch of 8 groups x 8 answers in one forward pass; `regime="head"` puts a
 # stop_gradient on the backbone and masks its optimizer updates (the frozen backbone stays
 # bit-for-bit the SFT model), `regime="full"` trains everything.
 
@@ -110,7 +125,7 @@ trained, histories, train_time = {}, {}, {}
 for regime in rm.REGIMES:
     t0 = time.time()
     trained[regime], histories[regime] = rm.train_reward_model(
-        init, data["train"], cfg, rcfg, regime, eval_data=data["valid"])
+        init, groups, cfg, rcfg, regime, eval_data=data["valid"])
     train_time[regime] = time.time() - t0
     print(f"{regime}: {rcfg.steps(regime)} steps in {train_time[regime]:.1f} s")
 

@@ -49,3 +49,43 @@ def bradley_terry_loss(chosen_rewards: jax.Array, rejected_rewards: jax.Array):
         "max_reward": jnp.max(all_rewards),
     }
     return loss, metrics
+
+
+def grouped_bradley_terry_loss(rewards: jax.Array, wins: jax.Array):
+    """Bradley-Terry NLL over groups of K responses to one prompt, every comparison inside a
+    group counted once (InstructGPT sec. 3.5 and eq. 1: labellers rank K = 4..9 responses, the
+    C(K, 2) comparisons of a prompt are ONE batch element):
+
+        L = mean_g  -1/|C_g| sum_{i, j} W_gij log sigmoid(r_gi - r_gj),   |C_g| = sum_{i, j} W_gij
+
+    where W_gij = 1 when response i of group g was preferred to response j.  Each response is
+    scored once however many comparisons it takes part in (K forward passes per group instead of
+    2 |C_g|), and all of a prompt's comparisons sit in the same step, which InstructGPT found to
+    stop the reward model from overfitting.  Groups with no comparison are left out of the mean.
+    With K = 2 and W = [[0, 1], [0, 0]] this is `bradley_terry_loss`.
+
+    Args:
+      rewards: [G, K] rewards r(x_g, y_gi).
+      wins: [G, K, K] comparison counts W_gij (0 or 1; W_gii = 0).
+    Returns:
+      (loss scalar, metrics): loss; accuracy and margin over the comparisons (r_w > r_l,
+      mean r_w - r_l); mean_reward / min_reward / max_reward over all G * K rewards.
+    """
+    if rewards.ndim != 2 or wins.shape != rewards.shape + rewards.shape[-1:]:
+        raise ValueError(f"bradley_terry.py: rewards must be [G, K] and wins [G, K, K], got "
+                         f"{rewards.shape} and {wins.shape}")
+    margins = rewards[:, :, None] - rewards[:, None, :]              # [G, K, K]  r_gi - r_gj
+    n_comparisons = wins.sum(axis=(1, 2))                            # [G] |C_g|
+    has = n_comparisons > 0                                          # [G]
+    per_group = -(wins * jax.nn.log_sigmoid(margins)).sum(axis=(1, 2)) / jnp.maximum(n_comparisons, 1)
+    loss = jnp.sum(jnp.where(has, per_group, 0.0)) / jnp.maximum(has.sum(), 1)   # InstructGPT eq. 1
+    total = jnp.maximum(wins.sum(), 1)
+    metrics = {
+        "loss": loss,
+        "accuracy": jnp.sum(wins * (margins > 0)) / total,
+        "margin": jnp.sum(wins * margins) / total,
+        "mean_reward": jnp.mean(rewards),
+        "min_reward": jnp.min(rewards),
+        "max_reward": jnp.max(rewards),
+    }
+    return loss, metrics

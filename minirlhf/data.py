@@ -7,8 +7,9 @@
 "prompt", "chosen" and "rejected" are required strings.  The optional fields the package
 reads are checked when present: "chosen_ended"/"rejected_ended" (bool: did the response end
 with <eos>?), "p_chosen" (the rater's probability, a number in [0, 1]) and
-"chosen_gold_reward"/"rejected_gold_reward" (finite numbers).  Any other field is carried
-along untouched.
+"chosen_gold_reward"/"rejected_gold_reward" (finite numbers) and "group" (an integer or a
+string: comparisons with the same group compare responses to one prompt and are trained on
+together, InstructGPT's K-wise comparisons).  Any other field is carried along untouched.
 Writing is atomic (a temp file renamed over the target), so a crash never leaves a
 half-written file; reading validates every line and names the file, the line, the
 field, and what was expected.
@@ -49,6 +50,8 @@ def validate_record(record, where: str) -> dict:
         if field in record and (isinstance(value, bool) or not isinstance(value, (int, float))
                                 or not math.isfinite(value)):
             raise ValueError(f"{where}: field {field!r}: expected a finite number, got {value!r}")
+    if "group" in record and (isinstance(record["group"], bool) or not isinstance(record["group"], (int, str))):
+        raise ValueError(f"{where}: field 'group': expected an integer or a string, got {record['group']!r}")
     if "p_chosen" in record and not 0.0 <= record["p_chosen"] <= 1.0:
         raise ValueError(f"{where}: field 'p_chosen': expected a probability in [0, 1], got "
                          f"{record['p_chosen']!r}")

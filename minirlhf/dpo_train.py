@@ -16,7 +16,7 @@ Implementation details (each pinned by tests/test_dpo_train.py):
 * A response that never produced eos (cut by the length limit when it was sampled) is encoded
   WITHOUT eos (`reward_data.encode_responses`): appending one would score a different response.
 * The reference log-probs log pi_ref(y_w|x), log pi_ref(y_l|x) never change, so they are
-  computed ONCE (`with_reference_logps`) and stored as two [N] arrays next to the encoded pairs.
+  computed ONCE (`with_reference_logps`, each distinct response once) and stored as two [N] arrays next to the encoded pairs.
   The training step never sees pi_ref's parameters: it cannot update them, and each step costs
   one forward/backward of the policy instead of two forwards + one backward.
 * One jitted step: chosen and rejected rows are concatenated into ONE [2B, T] batch, one
@@ -43,6 +43,7 @@ from minirlhf.pretrain import SEQ_LEN, corpus_arrays, ensure_tokenizer, ptx_loss
 from minirlhf.reward_data import encode_responses, ensure_preferences, needed_length
 from minirlhf.sampling import Generation
 from minirlhf.sft import ensure_sft_model
+from minirlhf.tokenizer import unique_rows
 from minirlhf.training import (
     TRAINABLE,
     Progress,
@@ -140,22 +141,26 @@ def concatenated_logps(params, batch: dict, cfg: GPTConfig):
     return tuple(jnp.split(logps, 2))                                        # [B] each
 
 
-@partial(jax.jit, static_argnames=("cfg",))
-def _pair_logps(params, batch: dict, cfg: GPTConfig):
-    return concatenated_logps(params, batch, cfg)
+_sequence_logprobs = jax.jit(sequence_logprobs, static_argnames=("cfg",))
 
 
-def pair_logps(params, arrays: dict, cfg: GPTConfig, chunk: int = 128):
-    """`concatenated_logps` over a whole dataset, in chunks of `chunk` pairs padded with all-pad rows
-    (one compiled shape) -> (chosen_logps [N], rejected_logps [N]) numpy float32."""
-    keys = [f"{w}_{n}" for w in ("chosen", "rejected") for n in ("tokens", "attention_mask", "response_mask")]
-    n_rows, out = len(arrays[keys[0]]), []
-    for i in range(0, n_rows, chunk):
-        part = {k: np.asarray(arrays[k][i:i + chunk]) for k in keys}
-        n = len(part[keys[0]])
-        part = {k: np.pad(v, ((0, chunk - n), (0, 0))) for k, v in part.items()}
-        out.append([np.asarray(x)[:n] for x in _pair_logps(params, part, cfg)])
-    return tuple(np.concatenate(col) for col in zip(*out))
+def pair_logps(params, arrays: dict, cfg: GPTConfig, chunk: int = 256):
+    """Summed log pi(y|x) of both responses of every pair -> (chosen_logps [N], rejected_logps [N])
+    numpy float32.  Each DISTINCT response row is scored once (`tokenizer.unique_rows`: in K-wise
+    comparisons a response takes part in up to K - 1 pairs), in chunks of `chunk` rows padded with
+    all-pad rows (one compiled shape)."""
+    cat = lambda name: np.concatenate([np.asarray(arrays[f"chosen_{name}"]),
+                                       np.asarray(arrays[f"rejected_{name}"])])             # [2N, T]
+    tokens, attention_mask, response_mask = cat("tokens"), cat("attention_mask"), cat("response_mask")
+    first, inverse = unique_rows(tokens)
+    rows = [a[first] for a in (tokens, attention_mask, response_mask)]                    # [U, T] each
+    out = []
+    for i in range(0, len(first), chunk):
+        part = [a[i:i + chunk] for a in rows]
+        n = len(part[0])
+        part = [np.pad(a, ((0, chunk - n), (0, 0))) for a in part]
+        out.append(np.asarray(_sequence_logprobs(params, *part, cfg=cfg))[:n])
+    return tuple(np.split(np.concatenate(out)[inverse], 2))
 
 
 def with_reference_logps(arrays: dict, ref_params, cfg: GPTConfig) -> dict:

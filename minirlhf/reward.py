@@ -7,7 +7,10 @@ LAST non-pad token (Ziegler et al. 2019; Stiennon et al. 2020 sec. 3.4; Ouyang e
 
 fitted by maximum likelihood on rater comparisons (x, y_w, y_l) (InstructGPT eq. 1):
 
-    L(phi) = -E_{(x, y_w, y_l) ~ D} [ log sigmoid(r_phi(x, y_w) - r_phi(x, y_l)) ].
+    L(phi) = -E_{(x, y_w, y_l) ~ D} [ log sigmoid(r_phi(x, y_w) - r_phi(x, y_l)) ],
+
+with the comparisons among one group of K responses to a prompt as ONE batch element, each
+response scored once (`bradley_terry.grouped_bradley_terry_loss`; InstructGPT sec. 3.5).
 
 Two regimes: "head" (backbone frozen: stop_gradient in the loss AND the optimizer masked, so the
 backbone is bit-for-bit the SFT model) and "full" (backbone and head fine-tuned).
@@ -16,7 +19,8 @@ Implementation details (each pinned by tests/test_reward.py):
 * The reward is read at the last non-pad token (`model.reward_from_hidden`): the eos of a finished
   response, the last sampled token of a truncated one (see reward_data.encode_responses).  Left-,
   right- or both-side padding give the same reward, so `score` works on PPO's generated batches.
-* One forward pass scores chosen and rejected together ([2B] rows, then split).
+* One forward pass scores every response of a batch of groups ([G * K] rows, then [G, K]); a
+  file of plain pairs is groups of K = 2 (reward_data.encode_groups).
 * After training the reward is NORMALISED (`fold_normalisation`): shift and scale so the rewards of
   fresh SFT samples on the train prompts have mean 0 and std 1, folded into the head
   (w <- w / s, b <- (b - m) / s).  BT identifies r only up to a constant (and its scale is set by
@@ -37,7 +41,7 @@ import numpy as np
 import optax
 from tokenizers import Tokenizer
 
-from minirlhf.bradley_terry import bradley_terry_loss
+from minirlhf.bradley_terry import bradley_terry_loss, grouped_bradley_terry_loss
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
 from minirlhf.evaluation import sample_answers
 from minirlhf.model import GPTConfig, check_fields, forward, init_scalar_head, reward_from_hidden
@@ -45,12 +49,15 @@ from minirlhf.paths import runs_dir
 from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
 from minirlhf.reward_data import (
     PROMPT_SPLIT,
+    GroupedPreferences,
     PreferenceData,
     encode_responses,
     ensure_preferences,
+    load_groups,
     load_preference_data,
 )
 from minirlhf.sft import ensure_sft_model
+from minirlhf.tokenizer import unique_rows
 from minirlhf.training import (
     Progress,
     batches,
@@ -86,13 +93,15 @@ class RewardConfig:
 
     steps_head: int = 100
     """Optimizer steps of the "head" regime (cheap: no backward pass through the backbone)."""
-    steps_full: int = 200
-    """Optimizer steps of the "full" regime (3 epochs of ~2150 train pairs)."""
-    batch_size: int = 32
-    """Preference pairs per step (2 * batch_size sequences per forward pass)."""
+    steps_full: int = 300
+    """Optimizer steps of the "full" regime (8 groups per step: ~3.75 epochs of lesson 04's 640
+    groups; valid loss still falling at 300, benchmarks/experiments/rm_capacity/grid2.log)."""
+    batch_responses: int = 64
+    """Responses scored per step: batch_responses // K groups (at least 1) of K responses each
+    (lesson 04: 8 groups of 8 responses; a file of plain pairs: 32 pairs)."""
     lr_head: float = 1e-2
     """Peak AdamW learning rate of the "head" regime (a linear probe tolerates a large one)."""
-    lr_full: float = 3e-4
+    lr_full: float = 1e-3
     """Peak AdamW learning rate of the "full" regime (backbone + head)."""
     weight_decay: float = 0.0
     """AdamW decoupled weight decay (never applied to a frozen backbone)."""
@@ -104,14 +113,14 @@ class RewardConfig:
     """Seeds the head init, the batch order and the reference samples."""
 
     def __post_init__(self):
-        check_fields(self, counts=("steps_head", "steps_full", "batch_size", "eval_every",
+        check_fields(self, counts=("steps_head", "steps_full", "batch_responses", "eval_every",
                                    "n_reference_per_prompt"),
                      positive=("lr_head", "lr_full"), non_negative=("weight_decay",))
 
     @classmethod
     def smoke(cls) -> RewardConfig:
-        """A tiny run (6 steps per regime, batches of 8 pairs) for the --smoke lessons and the tests."""
-        return cls(steps_head=6, steps_full=6, batch_size=8, eval_every=3, n_reference_per_prompt=2)
+        """A tiny run (6 steps per regime, 16 responses per batch) for the --smoke lessons and the tests."""
+        return cls(steps_head=6, steps_full=6, batch_responses=16, eval_every=3, n_reference_per_prompt=2)
 
     def steps(self, regime: str) -> int:
         """Optimizer steps of `regime`."""
@@ -158,19 +167,18 @@ def score_batched(rm_params: dict, tokens, attention_mask, cfg: GPTConfig, chunk
 # ----------------------------------------------------------------------------- loss and training
 
 def reward_loss(rm_params: dict, batch: dict, cfg: GPTConfig, freeze_backbone: bool):
-    """Bradley-Terry NLL of a batch of pairs (InstructGPT eq. 1):
+    """Bradley-Terry NLL of a batch of groups (InstructGPT eq. 1, K-wise):
 
-        L = -mean_i log sigmoid(r_phi(x_i, y_w,i) - r_phi(x_i, y_l,i))
+        L = mean_g  -1/|C_g| sum_{i, j} W_gij log sigmoid(r_phi(x_g, y_gi) - r_phi(x_g, y_gj))
 
-    batch: {chosen_tokens, chosen_attention_mask, rejected_tokens, rejected_attention_mask}, each
-    [B, T].  Chosen and rejected go through ONE forward pass of [2B, T].
-    Returns (loss, metrics) with TRL names (see bradley_terry_loss).
+    batch: {tokens, attention_mask: [G, K, T]; wins: [G, K, K]} (`group_arrays`).  All G * K
+    responses go through ONE forward pass, each scored once however many comparisons it is in.
+    Returns (loss, metrics) with TRL names (see grouped_bradley_terry_loss).
     """
-    tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]])                   # [2B, T]
-    mask = jnp.concatenate([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])     # [2B, T]
-    rewards = reward_forward(rm_params, tokens, mask, cfg, freeze_backbone)                        # [2B]
-    chosen_rewards, rejected_rewards = jnp.split(rewards, 2)                                       # [B] each
-    return bradley_terry_loss(chosen_rewards, rejected_rewards)                                    # eq. 1
+    G, K, T = batch["tokens"].shape
+    rewards = reward_forward(rm_params, batch["tokens"].reshape(G * K, T),
+                             batch["attention_mask"].reshape(G * K, T), cfg, freeze_backbone)   # [G * K]
+    return grouped_bradley_terry_loss(rewards.reshape(G, K), batch["wins"])                      # eq. 1
 
 
 def reward_optimizer(regime: str, rcfg: RewardConfig) -> optax.GradientTransformation:
@@ -184,10 +192,9 @@ def reward_optimizer(regime: str, rcfg: RewardConfig) -> optax.GradientTransform
     return freeze_updates(head_opt, {"backbone": "frozen", "head": "train"})
 
 
-def pair_arrays(data: PreferenceData) -> dict:
-    """The four token arrays of a PreferenceData, as the dict `reward_loss` takes."""
-    return {"chosen_tokens": data.chosen_tokens, "chosen_attention_mask": data.chosen_attention_mask,
-            "rejected_tokens": data.rejected_tokens, "rejected_attention_mask": data.rejected_attention_mask}
+def group_arrays(groups: GroupedPreferences) -> dict:
+    """The arrays of a GroupedPreferences, as the dict `reward_loss` takes."""
+    return {"tokens": groups.tokens, "attention_mask": groups.attention_mask, "wins": groups.wins}
 
 
 def make_reward_step(regime: str, cfg: GPTConfig, rcfg: RewardConfig):
@@ -197,7 +204,7 @@ def make_reward_step(regime: str, cfg: GPTConfig, rcfg: RewardConfig):
     return optimizer, make_train_step(loss_fn, optimizer)
 
 
-def train_pairs(step_fn, state, arrays: dict, steps: int, batch_size: int, rng: np.random.Generator,
+def train_groups(step_fn, state, arrays: dict, steps: int, batch_size: int, rng: np.random.Generator,
                 eval_fn=None, eval_every: int = 0, progress: Progress | None = None):
     """The loop: `steps` jitted steps on shuffled minibatches of `arrays` -> (state, history) with
     per-step "loss" and "accuracy" and, when eval_fn (params -> metrics) is given, "eval_step",
@@ -218,15 +225,16 @@ def train_pairs(step_fn, state, arrays: dict, steps: int, batch_size: int, rng: 
     return state, {k: np.array(v) for k, v in history.items()}
 
 
-def train_reward_model(rm_params: dict, data: PreferenceData, cfg: GPTConfig, rcfg: RewardConfig,
+def train_reward_model(rm_params: dict, groups: GroupedPreferences, cfg: GPTConfig, rcfg: RewardConfig,
                        regime: str, eval_data: PreferenceData | None = None, quiet: bool = False):
-    """Minimise the BT loss on `data` for rcfg.steps(regime) steps in `regime` ("head" or "full")
-    -> (params, history) (see train_pairs; eval on `eval_data` when given)."""
+    """Minimise the BT loss on `groups` for rcfg.steps(regime) steps in `regime` ("head" or "full"),
+    rcfg.batch_responses // K groups per step -> (params, history) (see train_groups; eval on the
+    pairs `eval_data` when given)."""
     optimizer, step_fn = make_reward_step(regime, cfg, rcfg)
     eval_fn = None if eval_data is None else (lambda p: evaluate_preferences(p, cfg, eval_data).metrics)
-    state, history = train_pairs(
-        step_fn, init_train_state(rm_params, optimizer), pair_arrays(data), rcfg.steps(regime),
-        rcfg.batch_size, np.random.default_rng([rcfg.seed, REGIMES.index(regime)]), eval_fn,
+    state, history = train_groups(
+        step_fn, init_train_state(rm_params, optimizer), group_arrays(groups), rcfg.steps(regime),
+        max(rcfg.batch_responses // groups.tokens.shape[1], 1), np.random.default_rng([rcfg.seed, REGIMES.index(regime)]), eval_fn,
         rcfg.eval_every, Progress(f"reward/{regime}", rcfg.steps(regime), quiet=quiet))
     return state.params, history
 
@@ -308,8 +316,10 @@ def evaluate_preferences(rm_params: dict, cfg: GPTConfig, data: PreferenceData) 
     expected accuracy any model can reach on these labels); gold_label_accuracy = the accuracy of r*
     itself on the labels (ties count 1/2); gold_agreement; gold_pearson (r_phi vs r* over all
     responses of the pairs)."""
-    r = score_batched(rm_params, np.concatenate([data.chosen_tokens, data.rejected_tokens]),
-                      np.concatenate([data.chosen_attention_mask, data.rejected_attention_mask]), cfg)
+    tokens = np.concatenate([data.chosen_tokens, data.rejected_tokens])                # [2N, T]
+    mask = np.concatenate([data.chosen_attention_mask, data.rejected_attention_mask])
+    first, inverse = unique_rows(tokens)              # each distinct response scored once
+    r = score_batched(rm_params, tokens[first], mask[first], cfg)[inverse]             # [2N]
     r_w, r_l = np.split(r, 2)                                                       # [N] each
     _, m = bradley_terry_loss(jnp.asarray(r_w), jnp.asarray(r_l))
     d_gold = data.chosen_gold - data.rejected_gold
@@ -357,17 +367,17 @@ def save_reward_model(smoke: bool, rm_params: dict, cfg: GPTConfig, meta: dict):
     return save_checkpoint(runs_dir(smoke) / "reward.ckpt", rm_params, cfg, {"stage": "reward", **meta})
 
 
-def fit_reward_model(tok: Tokenizer, sft_params: dict, cfg: GPTConfig, data: dict,
-                     rcfg: RewardConfig, quiet: bool = False, reference_prompts=None):
-    """Lesson 04 without the plots: train both regimes on data["train"], keep the one with the
-    lower validation loss (select_regime), normalise it on fresh SFT samples of
-    `reference_prompts` (default: the train prompts).  `data` = {split: PreferenceData}, with a
-    "valid" split.  -> (rm_params, meta = {"regime", "normalisation", "metrics"})."""
+def fit_reward_model(tok: Tokenizer, sft_params: dict, cfg: GPTConfig, groups: GroupedPreferences,
+                     data: dict, rcfg: RewardConfig, quiet: bool = False, reference_prompts=None):
+    """Lesson 04 without the plots: train both regimes on the train `groups`, keep the one with
+    the lower validation loss (select_regime), normalise it on fresh SFT samples of
+    `reference_prompts` (default: the train prompts).  `data` = {split: PreferenceData} (pairs), with
+    a "valid" split.  -> (rm_params, meta = {"regime", "normalisation", "metrics"})."""
     k_head, k_ref = jax.random.split(jax.random.PRNGKey(rcfg.seed))
     init = init_reward_model(k_head, sft_params, cfg)
     results = {}
     for regime in REGIMES:
-        params, _ = train_reward_model(init, data["train"], cfg, rcfg, regime, quiet=quiet)
+        params, _ = train_reward_model(init, groups, cfg, rcfg, regime, quiet=quiet)
         results[regime] = (params, {s: evaluate_preferences(params, cfg, d).metrics for s, d in data.items()})
     best = select_regime({g: results[g][1] for g in REGIMES})
     ref = reference_rewards(results[best][0], cfg, tok, sft_params, k_ref, rcfg.n_reference_per_prompt,
@@ -382,8 +392,10 @@ def build_reward_model(smoke: bool, quiet: bool = False):
     -> (rm_params, cfg, meta)."""
     rcfg = RewardConfig.smoke() if smoke else RewardConfig()
     tok, (sft_params, cfg) = ensure_tokenizer(smoke), ensure_sft_model(smoke)
-    data = load_preference_data(tok, ensure_preferences(smoke), SEQ_LEN, model_max_len=cfg.max_len)
-    rm_params, meta = fit_reward_model(tok, sft_params, cfg, data, rcfg, quiet=quiet)
+    paths = ensure_preferences(smoke)
+    data = load_preference_data(tok, paths, SEQ_LEN, model_max_len=cfg.max_len)
+    groups = load_groups(tok, paths["train"])
+    rm_params, meta = fit_reward_model(tok, sft_params, cfg, groups, data, rcfg, quiet=quiet)
     save_reward_model(smoke, rm_params, cfg, meta)
     return rm_params, cfg, meta
 

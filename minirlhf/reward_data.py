@@ -1,31 +1,41 @@
-"""Stage 04, data: preference pairs from the SFT model, labelled by the simulated rater.
+"""Stage 04, data: comparisons of the SFT model's answers, labelled by the simulated rater.
 
-    for each prompt x:  y1, y2 ~ pi_SFT(. | x)        (temperature 1, independent samples)
-                        label ~ Bernoulli(sigmoid((r*(x, y1) - r*(x, y2)) / tau))
-                        D <- D + {(x, y_w, y_l)}
+    for each prompt x, for each of its groups:
+        y_1 .. y_K ~ pi_SFT(. | x)                     (temperature 1, independent samples)
+        for every pair i < j of distinct responses:
+            label ~ Bernoulli(sigmoid((r*(x, y_i) - r*(x, y_j)) / tau))
+            D <- D + {(x, y_w, y_l)}
 
 (Stiennon et al. 2020 sec. 3.4; Ouyang et al. 2022 sec. 3.5: comparisons of the policy's own
-samples.)  The dataset is JSON Lines in `data.py`'s format; each record carries metadata that
-the evaluation (and DPO / PPO) use:
+samples.  InstructGPT's labellers ranked K = 4..9 responses per prompt, which yields C(K, 2)
+comparisons for the price of K samples; our rater answers each of those C(K, 2) questions
+independently, so every comparison follows the Bradley-Terry model exactly.)  The train split
+uses groups of K = 8 (28 comparisons per 8 samples); the evaluation splits use groups of 2, i.e.
+independent pairs, as before.  The dataset is JSON Lines in `data.py`'s format, one comparison
+per line; each record carries metadata that the evaluation (and DPO / PPO) use:
 
     prompt, chosen, rejected           the triplet (x, y_w, y_l)
-    chosen_ended, rejected_ended       did the sample end with <eos> (False: cut by the length
+    group                              which K responses the comparison came from (the reward
+                                       model trains on a group as one batch element)
+    chosen_ended, rejected_ended       did the sample end with <eos>? (False: cut by the length
                                        limit; the reward model must see it unfinished)
     chosen_gold_reward, rejected_gold_reward   r*(x, y) of the capitals world
     p_chosen                           the rater's P(y_w > y_l): its Bayes-optimal accuracy on
                                        this pair is max(p_chosen, 1 - p_chosen)
     split                              "train", "valid", "heldout" or "ood"
 
-The four files: "train" (the pairs the reward model and DPO learn from) and "valid" (fresh pairs
-on the SAME train prompts, never trained on: the in-distribution held-out set on which the
+The four files: "train" (the comparisons the reward model and DPO learn from) and "valid" (fresh
+pairs on the SAME train prompts, never trained on: the in-distribution held-out set on which the
 reward model is validated, as InstructGPT's RM is), "heldout" (countries alignment never saw) and
 "ood" (the unseen question template).
 
 Implementation details (each pinned by tests/test_reward.py):
-* Pairs with two identical responses (same text, same eos flag) are SKIPPED: the label is a coin
-  flip that teaches nothing (the loss gradient is zero in expectation) and the Bayes rate of such
-  a pair is 1/2.  The SFT model is peaked, so this removes a sizeable fraction; the count is
+* Comparisons of two identical responses (same text, same eos flag) are SKIPPED: the label is a
+  coin flip that teaches nothing (the loss gradient is zero in expectation) and the Bayes rate of
+  such a pair is 1/2.  The SFT model is peaked, so this removes a sizeable fraction; the count is
   returned and printed.
+* `encode_groups` rebuilds the groups from the records (responses identified by text and eos
+  flag), so a file without "group" fields (e.g. a user's own pairs) is a set of groups of 2.
 * A response that did not end with <eos> is encoded WITHOUT the eos that `encode_batch` appends
   (`encode_responses`): the reward is read at the last real token, so an eos would make a
   truncated answer look finished.
@@ -34,6 +44,7 @@ Implementation details (each pinned by tests/test_reward.py):
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -66,10 +77,13 @@ PROMPT_SPLIT = {"train": "train", "valid": "train", "heldout": "heldout", "ood":
 class PreferenceConfig:
     """How the preference dataset is collected from the SFT model."""
 
-    pairs_per_prompt: int = 80
-    """Pairs sampled per train prompt (32 prompts -> 2560 pairs before skipping identical ones).
-    About 38 per country (1214 of the 2149 kept pairs, as lesson 04 prints) differ in whether the
-    answer is right: the comparisons from which a reward model learns each train country's capital."""
+    groups_per_prompt: int = 20
+    """Groups of responses sampled per train prompt (32 prompts x 20 groups x 8 responses = 5120
+    samples, as many as 80 independent pairs per prompt would take)."""
+    responses_per_group: int = 8
+    """K: responses per train group; every pair of distinct responses in a group is compared
+    (C(8, 2) = 28 comparisons per group before skipping identical ones, 7x more than K/2 = 4
+    independent pairs from the same 8 samples)."""
     eval_pairs_per_prompt: int = 24
     """Pairs sampled per prompt of the evaluation files: valid (32 train prompts -> 768 pairs before
     skipping), held-out and OOD (8 prompts each -> 192)."""
@@ -81,13 +95,17 @@ class PreferenceConfig:
     """The capitals world; its rater_tau is the rater's temperature."""
 
     def __post_init__(self):
-        check_fields(self, counts=("pairs_per_prompt", "eval_pairs_per_prompt"),
+        check_fields(self, counts=("groups_per_prompt", "responses_per_group", "eval_pairs_per_prompt"),
                      positive=("temperature",))
+        if self.responses_per_group < 2:
+            raise ValueError(f"PreferenceConfig.responses_per_group: expected >= 2 (a comparison needs "
+                             f"two responses), got {self.responses_per_group}")
 
     @classmethod
     def smoke(cls) -> PreferenceConfig:
-        """4 pairs per prompt instead of 24: for the --smoke lessons and the tests."""
-        return cls(pairs_per_prompt=4, eval_pairs_per_prompt=4)
+        """1 group of 4 responses per train prompt, 4 pairs per evaluation prompt: for the --smoke
+        lessons and the tests."""
+        return cls(groups_per_prompt=1, responses_per_group=4, eval_pairs_per_prompt=4)
 
 
 def preference_paths(smoke: bool) -> dict[str, Path]:
@@ -98,28 +116,32 @@ def preference_paths(smoke: bool) -> dict[str, Path]:
 # ----------------------------------------------------------------------------- collection
 
 def collect_preferences(params, cfg: GPTConfig, tok: Tokenizer, prompts: Sequence[str], split: str,
-                        key: jax.Array, rng: np.random.Generator, n_pairs: int, tau: float,
-                        temperature: float = 1.0) -> tuple[list[dict], int]:
-    """Sample 2 * n_pairs responses per prompt from the policy, pair them up (rows 2j, 2j+1 of the
-    same prompt), label each pair with the simulated rater -> (records, number of skipped pairs)."""
-    samples = sample_answers(params, cfg, tok, prompts, key, n=2 * n_pairs, temperature=temperature)
+                        key: jax.Array, rng: np.random.Generator, n_groups: int, tau: float,
+                        temperature: float = 1.0, group_size: int = 2) -> tuple[list[dict], int]:
+    """Sample n_groups * group_size responses per prompt from the policy; in each group (rows
+    group_size * g .. group_size * (g + 1) - 1, one prompt) let the simulated rater compare every
+    pair i < j of distinct responses -> (records, number of skipped identical comparisons).
+    group_size = 2 gives independent pairs.  Record "group" numbers run over the whole call."""
+    samples = sample_answers(params, cfg, tok, prompts, key, n=n_groups * group_size,
+                             temperature=temperature)
     records, n_skipped = [], 0
-    for i in range(0, len(samples.texts), 2):
-        prompt = samples.prompts[i]
-        (y1, y2), (e1, e2) = samples.texts[i:i + 2], samples.ended[i:i + 2]
-        if y1 == y2 and e1 == e2:
-            n_skipped += 1  # identical responses: an uninformative coin-flip label (module doc)
-            continue
-        pair = rate_pair(rng, parse_country(prompt), y1, y2, ended1=bool(e1), ended2=bool(e2), tau=tau)
-        chosen_i, rejected_i = (i, i + 1) if pair.y1_preferred else (i + 1, i)
-        records.append({
-            "prompt": prompt, "chosen": pair.chosen, "rejected": pair.rejected,
-            "chosen_ended": bool(samples.ended[chosen_i]),
-            "rejected_ended": bool(samples.ended[rejected_i]),
-            "chosen_gold_reward": float(samples.gold_reward[chosen_i]),
-            "rejected_gold_reward": float(samples.gold_reward[rejected_i]),
-            "p_chosen": pair.p_chosen, "split": split,
-        })
+    for group, start in enumerate(range(0, len(samples.texts), group_size)):
+        prompt = samples.prompts[start]
+        for i, j in itertools.combinations(range(start, start + group_size), 2):
+            (y1, y2), (e1, e2) = (samples.texts[i], samples.texts[j]), (samples.ended[i], samples.ended[j])
+            if y1 == y2 and e1 == e2:
+                n_skipped += 1  # identical responses: an uninformative coin-flip label (module doc)
+                continue
+            pair = rate_pair(rng, parse_country(prompt), y1, y2, ended1=bool(e1), ended2=bool(e2), tau=tau)
+            chosen_i, rejected_i = (i, j) if pair.y1_preferred else (j, i)
+            records.append({
+                "prompt": prompt, "chosen": pair.chosen, "rejected": pair.rejected, "group": group,
+                "chosen_ended": bool(samples.ended[chosen_i]),
+                "rejected_ended": bool(samples.ended[rejected_i]),
+                "chosen_gold_reward": float(samples.gold_reward[chosen_i]),
+                "rejected_gold_reward": float(samples.gold_reward[rejected_i]),
+                "p_chosen": pair.p_chosen, "split": split,
+            })
     return records, n_skipped
 
 
@@ -129,14 +151,15 @@ def build_preferences(params, cfg: GPTConfig, tok: Tokenizer, pcfg: PreferenceCo
     keys = jax.random.split(jax.random.PRNGKey(pcfg.seed), len(PREFERENCE_SPLITS))
     for split, key in zip(PREFERENCE_SPLITS, keys):
         rng = np.random.default_rng([pcfg.seed, PREFERENCE_SPLITS.index(split)])
-        n_pairs = pcfg.pairs_per_prompt if split == "train" else pcfg.eval_pairs_per_prompt
+        n_groups, size = ((pcfg.groups_per_prompt, pcfg.responses_per_group) if split == "train"
+                          else (pcfg.eval_pairs_per_prompt, 2))
         prompts = split_prompts(PROMPT_SPLIT[split])
-        records, n_skipped = collect_preferences(params, cfg, tok, prompts, split, key,
-                                                 rng, n_pairs, pcfg.world.rater_tau, pcfg.temperature)
+        records, n_skipped = collect_preferences(params, cfg, tok, prompts, split, key, rng, n_groups,
+                                                 pcfg.world.rater_tau, pcfg.temperature, size)
         write_preferences(paths[split], records)
         if not quiet:
-            print(f"[preferences] {split:8s} {len(records):4d} pairs written to {paths[split]} "
-                  f"({n_skipped} pairs of identical responses skipped)")
+            print(f"[preferences] {split:8s} {len(records):5d} comparisons ({n_groups} groups of {size} "
+                  f"per prompt) written to {paths[split]} ({n_skipped} of identical responses skipped)")
     return paths
 
 
@@ -232,3 +255,54 @@ def load_preference_data(tok: Tokenizer, paths: dict[str, Path], max_len: int,
             raise ValueError(f"{paths[s]}: a pair needs {n} tokens > GPTConfig.max_len={model_max_len}")
     width = max([max_len, *needed.values()])
     return {s: encode_preferences(tok, r, width) for s, r in records.items()}
+
+
+class GroupedPreferences(NamedTuple):
+    """A preference file as groups of responses to one prompt (what the reward model trains on)."""
+    tokens: np.ndarray          # [G, K, T] int32, right-padded, eos only if the response ended
+    attention_mask: np.ndarray  # [G, K, T] int32
+    wins: np.ndarray            # [G, K, K] float32, W[g, i, j] = times response i was chosen over j
+
+
+def encode_groups(tok: Tokenizer, records: Sequence[dict], max_len: int = SEQ_LEN,
+                  source: str = "records") -> GroupedPreferences:
+    """Records -> GroupedPreferences: the records that share a "group" value form one group (a
+    record without "group" is a group of its own), its responses the distinct (text, eos flag)
+    pairs among them.  K is the largest group's size; a smaller group is padded by repeating its
+    first response with no comparison (it adds nothing to the loss).  Records of one group that
+    ask different prompts are a ValueError naming `source` and the line."""
+    if not records:
+        raise ValueError(f"encode_groups: no records in {source} (an empty preference file?)")
+    groups: dict = {}                   # group key -> {"prompt", "responses": {(text, ended): k}, "wins"}
+    for line, r in enumerate(records, start=1):
+        key = ("group", r["group"]) if "group" in r else ("line", line)
+        g = groups.setdefault(key, {"prompt": r["prompt"], "line": line, "responses": {}, "wins": []})
+        if r["prompt"] != g["prompt"]:
+            raise ValueError(f"{source} line {line}: group {r.get('group')!r} asks {r['prompt']!r}, but its "
+                             f"first record (line {g['line']}) asks {g['prompt']!r}: a group compares "
+                             "responses to ONE prompt")
+        ids = [g["responses"].setdefault((r[w], bool(r.get(f"{w}_ended", True))), len(g["responses"]))
+               for w in ("chosen", "rejected")]
+        g["wins"].append(ids)
+    K = max(len(g["responses"]) for g in groups.values())
+    prompts, texts, ended = [], [], []
+    wins = np.zeros((len(groups), K, K), np.float32)
+    for gi, g in enumerate(groups.values()):
+        responses = list(g["responses"]) + [next(iter(g["responses"]))] * (K - len(g["responses"]))
+        prompts += [g["prompt"]] * K
+        texts += [text for text, _ in responses]
+        ended += [e for _, e in responses]
+        for w, l in g["wins"]:
+            wins[gi, w, l] += 1
+    enc = encode_responses(tok, prompts, texts, ended, max_len)
+    G, T = len(groups), enc.tokens.shape[1]
+    return GroupedPreferences(enc.tokens.reshape(G, K, T), enc.attention_mask.reshape(G, K, T), wins)
+
+
+def load_groups(tok: Tokenizer, path, width: int | None = None) -> GroupedPreferences:
+    """A preference JSONL file -> `encode_groups`, `width` tokens wide (default: exactly what the
+    file needs, so no column of padding costs training compute; `load_preference_data` has
+    already checked the file against the model's max_len)."""
+    records = read_preferences(path)
+    return encode_groups(tok, records, width or needed_length(tok, records, source=str(path)),
+                         source=str(path))

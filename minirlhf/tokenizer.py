@@ -201,3 +201,12 @@ def decode_responses(tok: Tokenizer, tokens, response_mask) -> DecodedResponses:
 def id_to_token(tok: Tokenizer, ids) -> list[str]:
     """The vocabulary strings of `ids` (for printing; "▁" marks a space)."""
     return [tok.id_to_token(int(i)) for i in ids]
+
+
+def unique_rows(tokens) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of a token array [N, T] -> (first index of each distinct row [U], inverse [N])
+    with tokens[first][inverse] == tokens.  Scoring only the distinct rows and indexing back
+    gives the same numbers for a fraction of the work when many rows repeat (the responses of
+    K-wise comparisons each take part in up to K - 1 of them)."""
+    _, first, inverse = np.unique(np.asarray(tokens), axis=0, return_index=True, return_inverse=True)
+    return first, inverse.reshape(-1)

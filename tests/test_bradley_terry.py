@@ -63,3 +63,80 @@ def test_finite_values_and_gradients_at_extreme_margins(margin):
 def test_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="chosen_rewards"):
         bradley_terry_loss(jnp.zeros(3), jnp.zeros(4))
+
+
+# ----------------------------------------------------------------------------- K-wise groups
+
+from minirlhf.bradley_terry import grouped_bradley_terry_loss  # noqa: E402
+
+
+def _random_groups(rng, G=5, K=4):
+    """Rewards [G, K] and a comparison matrix W[g, i, j] = 1 when response i beat j: each pair
+    of a group compared at most once, some never, one group with no comparison at all."""
+    rewards = rng.normal(size=(G, K))
+    wins = np.zeros((G, K, K))
+    for g in range(G - 1):
+        for i in range(K):
+            for j in range(i + 1, K):
+                u = rng.random()
+                if u < 0.4:
+                    wins[g, i, j] = 1
+                elif u < 0.8:
+                    wins[g, j, i] = 1
+    wins[0] = 0
+    wins[0, 1, 2] = 1             # group 0: a single comparison
+    return rewards, wins          # group G - 1: none
+
+
+def _loop_loss(rewards, wins):
+    """InstructGPT eq. 1, one group at a time: -1/|C_g| sum_{(w, l) in C_g} log sigmoid(r_w - r_l),
+    averaged over the groups that hold at least one comparison."""
+    per_group = []
+    for r, w in zip(rewards, wins):
+        terms = [-np.log(_sigmoid(r[i] - r[j])) for i in range(len(r)) for j in range(len(r)) if w[i, j]]
+        if terms:
+            per_group.append(np.mean(terms))
+    return np.mean(per_group)
+
+
+def test_grouped_loss_equals_the_loop_over_comparisons():
+    rewards, wins = _random_groups(np.random.default_rng(2))
+    loss, m = grouped_bradley_terry_loss(jnp.asarray(rewards), jnp.asarray(wins))
+    np.testing.assert_allclose(loss, _loop_loss(rewards, wins), rtol=1e-6)
+    g, i, j = np.nonzero(wins)
+    margins = rewards[g, i] - rewards[g, j]
+    np.testing.assert_allclose(m["accuracy"], np.mean(margins > 0), rtol=1e-6)
+    np.testing.assert_allclose(m["margin"], np.mean(margins), rtol=1e-6)
+
+
+def test_grouped_loss_with_groups_of_two_is_the_pair_loss():
+    rng = np.random.default_rng(3)
+    r_w, r_l = rng.normal(size=7), rng.normal(size=7)
+    wins = np.zeros((7, 2, 2))
+    wins[:, 0, 1] = 1
+    grouped, _ = grouped_bradley_terry_loss(jnp.asarray(np.stack([r_w, r_l], 1)), jnp.asarray(wins))
+    pair, _ = bradley_terry_loss(jnp.asarray(r_w), jnp.asarray(r_l))
+    np.testing.assert_allclose(grouped, pair, rtol=1e-6)
+
+
+def test_grouped_gradient_matches_closed_form():
+    rewards, wins = _random_groups(np.random.default_rng(4))
+    grad = jax.grad(lambda r: grouped_bradley_terry_loss(r, jnp.asarray(wins))[0])(jnp.asarray(rewards))
+    # dL/dr_gi = 1/(n_groups |C_g|) sum_j [ -W_gij sigmoid(r_gj - r_gi) + W_gji sigmoid(r_gi - r_gj) ]
+    n_g = wins.sum((1, 2))
+    n_groups = np.sum(n_g > 0)
+    d = rewards[:, None, :] - rewards[:, :, None]                    # [G, K, K]: r_j - r_i at [g, i, j]
+    expected = (-(wins * _sigmoid(d)).sum(2) + (wins.transpose(0, 2, 1) * _sigmoid(-d)).sum(2))
+    expected = expected / np.maximum(n_g, 1)[:, None] / n_groups
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)
+    assert np.all(grad[-1] == 0)                                     # the group with no comparison
+
+
+def test_grouped_loss_is_finite_at_extreme_margins_and_rejects_bad_shapes():
+    wins = jnp.asarray([[[0.0, 1.0], [0.0, 0.0]]])
+    for margin in (100.0, -100.0):
+        loss, grad = jax.value_and_grad(lambda r: grouped_bradley_terry_loss(r, wins)[0])(
+            jnp.asarray([[margin, 0.0]]))
+        assert np.isfinite(loss) and np.all(np.isfinite(grad))
+    with pytest.raises(ValueError, match="wins"):
+        grouped_bradley_terry_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3, 2)))

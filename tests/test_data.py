@@ -67,6 +67,8 @@ def test_non_object_line_and_empty_line(tmp_path):
     ("p_chosen", None, "expected a finite number, got None"),
     ("chosen_gold_reward", "high", "expected a finite number, got 'high'"),
     ("rejected_gold_reward", True, "expected a finite number, got True"),
+    ("group", 1.5, "expected an integer or a string, got 1.5"),
+    ("group", False, "expected an integer or a string, got False"),
 ])
 def test_optional_fields_the_package_reads_are_checked(tmp_path, field, value, expected):
     path = _write_lines(tmp_path, [json.dumps(REC), json.dumps({**REC, field: value})])
@@ -75,7 +77,7 @@ def test_optional_fields_the_package_reads_are_checked(tmp_path, field, value, e
 
 
 def test_valid_optional_fields_and_unknown_fields_pass():
-    rec = {**REC, "chosen_ended": False, "p_chosen": 0.25, "chosen_gold_reward": -1, "note": [1]}
+    rec = {**REC, "chosen_ended": False, "p_chosen": 0.25, "chosen_gold_reward": -1, "group": 3, "note": [1]}
     assert validate_record(rec, "x") == rec
 
 

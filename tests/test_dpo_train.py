@@ -151,9 +151,12 @@ def test_encode_pairs_different_lengths_and_unfinished_response_without_eos(tok)
 def test_cached_reference_logps_equal_fresh_ones_and_reference_never_moves():
     rng = np.random.default_rng(4)
     ref_params, arrays = tiny_params(5), pair_batch(rng, B=40)
+    for name in ("tokens", "attention_mask", "response_mask"):   # K-wise data: responses repeat across
+        arrays[f"rejected_{name}"][:10] = arrays[f"chosen_{name}"][10:20]   # pairs (scored once each)
+        arrays[f"chosen_{name}"][20:25] = arrays[f"chosen_{name}"][25:30]
     ref_copy = jax.tree_util.tree_map(np.array, ref_params)
     cached = with_reference_logps(arrays, ref_params, TINY)
-    idx = rng.permutation(40)[:8]                                     # an arbitrary minibatch
+    idx = np.r_[0:3, 10:13, 20:22, rng.permutation(40)[:8]]           # repeats and arbitrary pairs
     fresh = concatenated_logps(ref_params, {k: v[idx] for k, v in arrays.items()}, TINY)
     np.testing.assert_allclose(cached["reference_chosen_logps"][idx], fresh[0], rtol=1e-5)
     np.testing.assert_allclose(cached["reference_rejected_logps"][idx], fresh[1], rtol=1e-5)

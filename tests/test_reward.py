@@ -27,12 +27,13 @@ from minirlhf.reward import (
     score,
     score_batched,
     select_regime,
-    train_pairs,
+    train_groups,
 )
 from minirlhf.reward_data import (
     PreferenceConfig,
     build_preferences,
     collect_preferences,
+    encode_groups,
     encode_preferences,
     encode_responses,
 )
@@ -58,17 +59,24 @@ def right_padded(rng, lengths, T, vocab):
     return tokens, mask
 
 
-def pair_batch(rng, B=6, T=10):
-    c_tok, c_mask = right_padded(rng, rng.integers(3, T + 1, B), T, TINY.vocab_size)
-    r_tok, r_mask = right_padded(rng, rng.integers(3, T + 1, B), T, TINY.vocab_size)
-    return {"chosen_tokens": c_tok, "chosen_attention_mask": c_mask,
-            "rejected_tokens": r_tok, "rejected_attention_mask": r_mask}
+def group_batch(rng, G=3, K=4, T=10):
+    """G groups of K random responses; each pair i < j compared (random winner) with prob. 0.7."""
+    tokens, mask = right_padded(rng, rng.integers(3, T + 1, G * K), T, TINY.vocab_size)
+    wins = np.zeros((G, K, K), np.float32)
+    for g in range(G):
+        for i in range(K):
+            for j in range(i + 1, K):
+                if rng.random() < 0.7:
+                    a, b = (i, j) if rng.random() < 0.5 else (j, i)
+                    wins[g, a, b] = 1
+    wins[0, 0, 1] = 1 - wins[0, 1, 0]                        # at least one comparison
+    return {"tokens": tokens.reshape(G, K, T), "attention_mask": mask.reshape(G, K, T), "wins": wins}
 
 
 # ----------------------------------------------------------------------------- frozen backbone
 
 def test_frozen_backbone_gets_exactly_zero_gradient_and_never_moves():
-    params, batch = tiny_rm(), pair_batch(np.random.default_rng(0))
+    params, batch = tiny_rm(), group_batch(np.random.default_rng(0))
     grads = jax.jit(jax.grad(lambda p: reward_loss(p, batch, TINY, True)[0]))(params)
     for leaf in jax.tree_util.tree_leaves(grads["backbone"]):
         assert not np.any(np.asarray(leaf))                               # exactly 0, every entry
@@ -143,11 +151,11 @@ def test_bradley_terry_training_recovers_a_known_linear_reward():
     w_idx, l_idx, _ = rated_pairs(8000)
     arrays = {"chosen_f": feats[w_idx].astype(np.float32), "rejected_f": feats[l_idx].astype(np.float32)}
     params = {"backbone": {}, "head": {"w": jnp.zeros(D), "b": jnp.zeros(())}}
-    rcfg = RewardConfig(steps_head=400, batch_size=128, lr_head=0.05)
+    rcfg = RewardConfig(steps_head=400, lr_head=0.05)
     optimizer = make_reward_step("head", TINY, rcfg)[0]
     step_fn = make_train_step(linear_pair_loss, optimizer)
-    state, history = train_pairs(step_fn, init_train_state(params, optimizer), arrays, rcfg.steps_head,
-                                 rcfg.batch_size, np.random.default_rng(3))
+    state, history = train_groups(step_fn, init_train_state(params, optimizer), arrays, rcfg.steps_head,
+                                  128, np.random.default_rng(3))
     w = np.asarray(state.params["head"]["w"], np.float64)
     cosine = w @ w_star / (np.linalg.norm(w) * np.linalg.norm(w_star))
     assert cosine > 0.98, cosine
@@ -190,7 +198,7 @@ def test_collected_preferences_round_trip_and_match_the_rater(tok, tmp_path):
     params = init_params(jax.random.PRNGKey(5), GEN_CFG)
     prompts = split_prompts("train")[:3]
     records, skipped = collect_preferences(params, GEN_CFG, tok, prompts, "train", jax.random.PRNGKey(6),
-                                           np.random.default_rng(7), n_pairs=4, tau=0.5)
+                                           np.random.default_rng(7), n_groups=4, tau=0.5)
     assert len(records) + skipped == 12 and len(records) > 0
     for r in records:
         country = parse_country(r["prompt"])
@@ -203,14 +211,15 @@ def test_collected_preferences_round_trip_and_match_the_rater(tok, tmp_path):
     assert read_preferences(path) == records
     # a greedy policy gives two identical responses: every pair is skipped
     greedy, n_skip = collect_preferences(params, GEN_CFG, tok, prompts, "train", jax.random.PRNGKey(6),
-                                         np.random.default_rng(7), n_pairs=2, tau=0.5, temperature=0.0)
+                                         np.random.default_rng(7), n_groups=2, tau=0.5, temperature=0.0)
     assert greedy == [] and n_skip == 6
 
 
 def test_build_preferences_adds_a_validation_file_of_fresh_pairs_on_the_train_prompts(tok, tmp_path):
     params = init_params(jax.random.PRNGKey(5), GEN_CFG)
     paths = {s: tmp_path / f"{s}.jsonl" for s in ("train", "valid", "heldout", "ood")}
-    build_preferences(params, GEN_CFG, tok, PreferenceConfig(pairs_per_prompt=3, eval_pairs_per_prompt=2),
+    build_preferences(params, GEN_CFG, tok, PreferenceConfig(groups_per_prompt=1, responses_per_group=3,
+                                                               eval_pairs_per_prompt=2),
                       paths, quiet=True)
     recs = {s: read_preferences(p) for s, p in paths.items()}
     for split, prompt_split in (("train", "train"), ("valid", "train"), ("heldout", "heldout"), ("ood", "ood")):
@@ -288,3 +297,69 @@ def test_differ_in_correctness_marks_pairs_where_exactly_one_answer_is_right():
     ]
     np.testing.assert_array_equal(differ_in_correctness(records),
                                   [True, True, False, False, False, False, True])
+
+
+# ----------------------------------------------------------------------------- K-wise groups
+
+def test_reward_loss_on_groups_is_the_loop_over_comparisons_scored_one_by_one():
+    params, batch = tiny_rm(seed=9), group_batch(np.random.default_rng(9), G=3, K=4)
+    loss, metrics = reward_loss(params, batch, TINY, False)
+    per_group, margins = [], []
+    for g in range(3):
+        r = np.asarray(score(params, batch["tokens"][g], batch["attention_mask"][g], TINY), np.float64)
+        terms = [(r[i] - r[j]) for i in range(4) for j in range(4) if batch["wins"][g, i, j]]
+        margins += terms
+        if terms:                          # -1/|C_g| sum log sigmoid(r_w - r_l)  (InstructGPT eq. 1)
+            per_group.append(np.mean([np.log1p(np.exp(-m)) for m in terms]))
+    np.testing.assert_allclose(loss, np.mean(per_group), rtol=1e-5)
+    np.testing.assert_allclose(metrics["accuracy"], np.mean(np.array(margins) > 0), rtol=1e-6)
+
+
+def test_encode_groups_rebuilds_groups_from_records(tok):
+    q1, q2 = "What's the capital of France?", "What's the capital of Spain?"
+    paris, berlin, rome = " The capital of France is Paris.", " The capital of France is Berlin.", " Rome."
+    records = [
+        {"prompt": q1, "chosen": paris, "rejected": berlin, "group": 0},
+        {"prompt": q1, "chosen": paris, "rejected": rome, "group": 0},
+        {"prompt": q1, "chosen": rome, "rejected": berlin, "group": 0},
+        {"prompt": q1, "chosen": paris, "rejected": paris, "rejected_ended": False, "group": 0},
+        {"prompt": q2, "chosen": " Madrid.", "rejected": " Rome."},                   # no group: its own
+    ]
+    g = encode_groups(tok, records, max_len=24)
+    assert g.tokens.shape == (2, 4, 24) and g.wins.shape == (2, 4, 4)
+    # group 0: responses in order of appearance paris, berlin, rome, paris-unfinished
+    expected = np.zeros((4, 4))
+    expected[0, 1] = expected[0, 2] = expected[2, 1] = expected[0, 3] = 1
+    np.testing.assert_array_equal(g.wins[0], expected)
+    assert g.attention_mask[0, 3].sum() == g.attention_mask[0, 0].sum() - 1      # unfinished: no eos
+    # the pair-only group: 2 responses, padded to K = 4 by repeating the first with no comparison
+    np.testing.assert_array_equal(g.wins[1], np.pad([[0, 1], [0, 0]], ((0, 2), (0, 2))))
+    np.testing.assert_array_equal(g.tokens[1, 2], g.tokens[1, 0])
+    # the padding changes no loss: group 1 alone (K = 2) gives the same
+    cfg = GPTConfig(vocab_size=512, max_len=24, n_layer=1, n_head=2, d_model=16)
+    params = tiny_rm(seed=10, cfg=cfg)
+    alone = encode_groups(tok, records[4:], max_len=24)
+    as_batch = lambda x, sl: {"tokens": x.tokens[sl], "attention_mask": x.attention_mask[sl], "wins": x.wins[sl]}
+    np.testing.assert_allclose(reward_loss(params, as_batch(g, slice(1, 2)), cfg, False)[0],
+                               reward_loss(params, as_batch(alone, slice(0, 1)), cfg, False)[0], rtol=1e-6)
+    bad = records[:1] + [{**records[1], "prompt": q2}]
+    with pytest.raises(ValueError, match=r"prefs.jsonl line 2: group 0 asks .*Spain.*\(line 1\)"):
+        encode_groups(tok, bad, max_len=24, source="prefs.jsonl")
+
+
+def test_collected_groups_compare_every_pair_of_distinct_responses(tok):
+    params = init_params(jax.random.PRNGKey(11), GEN_CFG)
+    prompts = split_prompts("train")[:2]
+    records, skipped = collect_preferences(params, GEN_CFG, tok, prompts, "train", jax.random.PRNGKey(12),
+                                           np.random.default_rng(13), n_groups=3, tau=0.5, group_size=4)
+    assert len(records) + skipped == 2 * 3 * 6                      # C(4, 2) comparisons per group
+    by_group = {}
+    for r in records:
+        by_group.setdefault(r["group"], []).append(r)
+    assert set(by_group) <= set(range(6))
+    for recs in by_group.values():
+        assert len({r["prompt"] for r in recs}) == 1
+        pairs = [frozenset([(r["chosen"], r["chosen_ended"]), (r["rejected"], r["rejected_ended"])]) for r in recs]
+        assert len(set(pairs)) == len(pairs) and all(len(p) == 2 for p in pairs)
+    g = encode_groups(tok, records, max_len=PROMPT_LEN + MAX_NEW_TOKENS)
+    assert g.tokens.shape[1] <= 4 and g.wins.sum() == len(records)
