@@ -224,6 +224,13 @@ print(f"held-out gold accuracy: SFT {results['SFT heldout']['gold/accuracy']:.3f
 # While tuning (on an earlier reward model) the hacked policy answered "The capital of Spain
 # is Madrid." to most questions, whatever the country.  The printout below says whether this
 # run reproduces the pattern (gold peaking early while r_phi keeps rising), from its own numbers.
+# It depends on the reward model.  With the one lesson 04 trained on 2149 independent pairs
+# (until session 8), beta = 0 peaked at gold reward 0.68 in iteration 5 and fell to 0.33 at a KL
+# of 5 nats.  With today's (K-wise comparisons, 0.83 valid accuracy) `make lessons` printed no
+# fall within 30 iterations: beta = 0 ended at the same gold reward as beta = 0.5 (0.80) at three
+# times the KL (1.44 vs 0.43 nats).  A better reward model moves the point where hacking starts
+# further out (Gao et al. 2023 find the same with larger reward models); the KL it costs to get
+# there is what beta still buys.
 
 # %%
 SWEEP = (0.0, cfg.kl.init_beta, 2.0)

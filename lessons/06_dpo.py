@@ -5,7 +5,9 @@
 # against it with PPO.  DPO (Rafailov et al. 2023) skips both: it trains the policy directly on
 # the pairs with a loss as simple as a logistic regression, and still optimises the same
 # KL-regularised objective.  We start from the SFT policy pi_ref (lesson 03) and use the train
-# split of lesson 04's pairs (x, y_w, y_l), collected from pi_ref and labelled by the rater.
+# split of lesson 04's comparisons (x, y_w, y_l), collected from pi_ref and labelled by the
+# rater: every pair of distinct answers inside groups of 8, 15207 comparisons.  DPO's loss is a
+# sum over comparisons, so it reads them as pairs; the reward model used the same comparisons.
 #
 # ## 1. From the RL objective to a classification loss
 #
@@ -94,7 +96,8 @@ print(dcfg)
 # finished response.
 #
 # pi_ref never changes, so log pi_ref(y_w|x) and log pi_ref(y_l|x) are computed once for the whole
-# dataset and stored as two more columns of it.  The training step never sees pi_ref's weights:
+# dataset (each distinct answer once: one answer is in up to 7 comparisons of its group) and
+# stored as two more columns of it.  The training step never sees pi_ref's weights:
 # it cannot update them, and a step costs one forward/backward of pi_theta on the [2B, T] batch
 # (chosen and rejected concatenated) instead of an extra reference forward pass each time.
 

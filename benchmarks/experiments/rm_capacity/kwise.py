@@ -35,29 +35,22 @@ def collect(K, n_groups, seed):
             else: wins[g, j, i] = 1
     return {"tokens": toks, "mask": mask, "wins": wins}
 
-def group_loss(params, batch):
-    G, K, _ = batch["tokens"].shape
-    r = rm.reward_forward(params, batch["tokens"].reshape(G * K, -1), batch["mask"].reshape(G * K, -1), cfg).reshape(G, K)
-    diff = r[:, :, None] - r[:, None, :]                       # [G, K, K] r_i - r_j
-    w = batch["wins"]
-    per_group = -(w * jax.nn.log_sigmoid(diff)).sum((1, 2)) / jnp.maximum(w.sum((1, 2)), 1)
-    loss = per_group.mean()
-    return loss, {"accuracy": ((diff > 0) * w).sum() / w.sum()}
-
 def to_pairs(gd):
+    """The same comparisons as independent pairs: groups of K = 2, shuffled on their own."""
     g, i, j = np.nonzero(gd["wins"])
-    return {"chosen_tokens": gd["tokens"][g, i], "chosen_attention_mask": gd["mask"][g, i],
-            "rejected_tokens": gd["tokens"][g, j], "rejected_attention_mask": gd["mask"][g, j]}
+    wins = np.zeros((len(g), 2, 2), np.float32)
+    wins[:, 0, 1] = 1
+    return {"tokens": np.stack([gd["tokens"][g, i], gd["tokens"][g, j]], 1),
+            "attention_mask": np.stack([gd["mask"][g, i], gd["mask"][g, j]], 1), "wins": wins}
+
 
 def run(spec, gd):
     lr, steps, mode, bs, seed = spec["lr"], spec["steps"], spec["mode"], spec["bs"], spec.get("seed", 0)
     init = rm.init_reward_model(jax.random.PRNGKey(seed), sft, cfg)
     opt = make_optimizer(lr, steps, warmup_steps=5)
-    if mode == "group":
-        step = make_train_step(group_loss, opt); arrays = gd
-    else:
-        step = make_train_step(partial(rm.reward_loss, cfg=cfg, freeze_backbone=False), opt)
-        arrays = to_pairs(gd)
+    step = make_train_step(partial(rm.reward_loss, cfg=cfg, freeze_backbone=False), opt)
+    arrays = ({"tokens": gd["tokens"], "attention_mask": gd["mask"], "wins": gd["wins"]} if mode == "group"
+              else to_pairs(gd))
     from minirlhf.training import batches
     state = init_train_state(init, opt)
     t0 = time.time(); curve = []
