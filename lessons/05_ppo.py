@@ -326,8 +326,8 @@ fig.savefig(FIGURES / "05_what_transfers.png", dpi=120)
 # make everywhere, and that the reward model pays for on every train prompt, is *commit to your
 # most likely answer*.  And that is what a lower temperature does.  Over 3 seeds
 # (`benchmarks/heldout_seeds.py`, README) the final-norm policies of PPO and DPO sit on or below
-# the temperature curve: from 0.06 below its held-out accuracy at the same KL (PPO) to 0.02 above
-# (DPO-ptx), never clearly above.  What alignment learned here from preferences about 32 other
+# the temperature curve: from 0.04 below its held-out accuracy at the same KL (PPO) to 0.03 above
+# (PPO-ptx), never clearly above.  What alignment learned here from preferences about 32 other
 # countries is, to within noise, a temperature.
 # No new knowledge either: nothing here teaches the model a capital it did not know (OOD stays
 # low); the preferences taught it to trust what pretraining put there.  RLHF'd models are known to

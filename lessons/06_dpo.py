@@ -261,7 +261,7 @@ print(f"implicit reward on the held-out-country pairs (lesson 04's, rater-labell
 # As with PPO: restricted to ln_f, DPO's gain on the train prompts carries to the held-out
 # countries, and it is a temperature in all but name: compare it with the temperature rows at a
 # similar KL (over 3 seeds the final-norm policies sit on or just below the temperature curve,
-# DPO-ptx 0.02 above it; README).  No pair
+# DPO-ptx 0.01 above it; README).  No pair
 # ever mentioned Portugal; the knowledge came from pretraining, the preferences only taught the
 # model to trust it.  The implicit reward says the same from the other side: on the held-out-country
 # pairs it agrees with the rater more often than the all-weights policy's (printed above): for
