@@ -27,7 +27,12 @@ from minirlhf import paths
 from minirlhf import reward as rm
 from minirlhf.data import read_preferences
 from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
-from minirlhf.reward_data import encode_responses, ensure_preferences, load_groups, load_preference_data
+from minirlhf.reward_data import (
+    encode_responses,
+    ensure_preferences,
+    load_groups,
+    load_preference_data,
+)
 from minirlhf.sft import ensure_sft_model
 from minirlhf.worlds.capitals import (
     CAPITAL,

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minirlhf.bradley_terry import bradley_terry_loss
+from minirlhf.bradley_terry import bradley_terry_loss, grouped_bradley_terry_loss
 
 
 def _sigmoid(x):
@@ -66,8 +66,6 @@ def test_rejects_mismatched_shapes():
 
 
 # ----------------------------------------------------------------------------- K-wise groups
-
-from minirlhf.bradley_terry import grouped_bradley_terry_loss  # noqa: E402
 
 
 def _random_groups(rng, G=5, K=4):
