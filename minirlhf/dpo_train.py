@@ -152,7 +152,7 @@ def pair_logps(params, arrays: dict, cfg: GPTConfig, chunk: int = 256):
     cat = lambda name: np.concatenate([np.asarray(arrays[f"chosen_{name}"]),
                                        np.asarray(arrays[f"rejected_{name}"])])             # [2N, T]
     tokens, attention_mask, response_mask = cat("tokens"), cat("attention_mask"), cat("response_mask")
-    first, inverse = unique_rows(tokens)
+    first, inverse = unique_rows(np.concatenate([tokens, response_mask], axis=1))  # same tokens AND split
     rows = [a[first] for a in (tokens, attention_mask, response_mask)]                    # [U, T] each
     out = []
     for i in range(0, len(first), chunk):

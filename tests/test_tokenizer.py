@@ -136,3 +136,11 @@ def test_tokenizer_json_is_byte_identical_across_builds(tmp_path):
 def test_small_vocab_is_rejected():
     with pytest.raises(ValueError, match="smaller than"):
         T.train_tokenizer(["abc"], vocab_size=50)
+
+
+def test_unique_rows_indexes_back_to_every_row():
+    from minirlhf.tokenizer import unique_rows
+    rows = np.array([[1, 5, 0], [1, 6, 2], [1, 5, 0], [1, 6, 2], [3, 3, 3]])
+    first, inverse = unique_rows(rows)
+    assert len(first) == 3
+    np.testing.assert_array_equal(rows[first][inverse], rows)
