@@ -8,8 +8,8 @@ ending with block_until_ready:
   scoring     the forward passes of the rollout: policy log-probs + values, pi_ref log-probs,
               the reward model (one jit)
   update      ppo.ppo_update: n_epochs x n_minibatches forward/backward/Adam steps (one jit)
-  fused       rlhf.ppo_iteration: all of the above + shaping + GAE + KL controller (one jit)
-  loop        one iteration of rlhf.train_ppo's Python loop: the fused call, fetching the
+  fused       ppo_train.ppo_iteration: all of the above + shaping + GAE + KL controller (one jit)
+  loop        one iteration of ppo_train.train_ppo's Python loop: the fused call, fetching the
               metrics, decoding the rollout and scoring it with the gold reward (outside jit)
   host        the loop's work outside compiled code, timed alone on a finished iteration's output:
               fetching the metrics, decoding the rollout, the gold reward
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minirlhf import ppo, rlhf
+from minirlhf import ppo, ppo_train
 from minirlhf.model import forward, init_params, init_scalar_head, token_logprobs
 from minirlhf.pretrain import PretrainConfig, corpus_arrays, ensure_tokenizer, with_ptx_rows
 from minirlhf.sampling import generate
@@ -54,15 +54,15 @@ def timed(fn, repeats: int):
 @partial(jax.jit, static_argnames=("cfg", "model_cfg"))
 def score_rollout(params, ref_params, rm_params, tokens, attn, *, cfg, model_cfg):
     """The rollout's forward passes (what `make_rollout` does besides sampling)."""
-    logps, values, _ = rlhf.policy_and_values(params, tokens, attn, cfg, model_cfg)
+    logps, values, _ = ppo_train.policy_and_values(params, tokens, attn, cfg, model_cfg)
     ref_logps = token_logprobs(forward(ref_params, tokens, attn, model_cfg).logits, tokens)
-    scores = rlhf.reward_model_score(rm_params, tokens, attn, None, model_cfg)
+    scores = ppo_train.reward_model_score(rm_params, tokens, attn, None, model_cfg)
     return logps, values, ref_logps, scores
 
 
 @partial(jax.jit, static_argnames=("cfg", "model_cfg"))
 def update_only(train_state, batch, key, *, cfg, model_cfg):
-    return ppo.ppo_update(train_state, batch, key, partial(rlhf.ppo_loss, cfg=cfg, model_cfg=model_cfg),
+    return ppo.ppo_update(train_state, batch, key, partial(ppo_train.ppo_loss, cfg=cfg, model_cfg=model_cfg),
                           cfg.update)
 
 
@@ -70,21 +70,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny model and batch")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--value-model", default="shared", choices=rlhf.VALUE_MODELS)
+    parser.add_argument("--value-model", default="shared", choices=ppo_train.VALUE_MODELS)
     args = parser.parse_args()
     smoke = args.smoke
     model_cfg = (PretrainConfig.smoke() if smoke else PretrainConfig()).model
-    cfg = rlhf.PPOConfig.smoke() if smoke else rlhf.PPOConfig()
+    cfg = ppo_train.PPOConfig.smoke() if smoke else ppo_train.PPOConfig()
     # PPO-ptx, as measured in results/bench_ppo.log (the lessons' main run was PPO-ptx then)
-    cfg = rlhf.PPOConfig(**{**cfg.__dict__, "value_model": args.value_model, "ptx_coef": 1.0})
+    cfg = ppo_train.PPOConfig(**{**cfg.__dict__, "value_model": args.value_model, "ptx_coef": 1.0})
     tok = ensure_tokenizer(smoke)
     prompts = split_prompts("train")
     enc = encode_prompts(tok, prompts, max_len=cfg.prompt_len)
     k_pi, k_rm, k_head, k_state, k_gen, k_it = jax.random.split(jax.random.PRNGKey(0), 6)
     ref = init_params(k_pi, model_cfg)
     rm = {"backbone": init_params(k_rm, model_cfg), "head": init_scalar_head(k_head, model_cfg)}
-    state = rlhf.init_ppo_state(ref, rm, model_cfg, cfg, k_state)
-    idx = rlhf.draw_prompts(k_gen, len(prompts), cfg.batch_size)
+    state = ppo_train.init_ppo_state(ref, rm, model_cfg, cfg, k_state)
+    idx = ppo_train.draw_prompts(k_gen, len(prompts), cfg.batch_size)
     pt, pm = jnp.asarray(enc.tokens)[idx], jnp.asarray(enc.attention_mask)[idx]
     params = state.train_state.params
     print(f"device: {jax.devices()[0].device_kind}; model L={model_cfg.n_layer} D={model_cfg.d_model}; "
@@ -98,14 +98,14 @@ def main():
     gen = rows["generation"][2]
     rows["scoring"] = timed(lambda: score_rollout(params, ref, rm, gen.tokens, gen.attention_mask,
                                                   cfg=cfg, model_cfg=model_cfg), args.repeats)
-    batch, _ = jax.jit(partial(rlhf.make_rollout, cfg=cfg, model_cfg=model_cfg))(
+    batch, _ = jax.jit(partial(ppo_train.make_rollout, cfg=cfg, model_cfg=model_cfg))(
         params, ref, rm, pt, pm, state.kl_ctl.beta, k_gen)
     ptx = corpus_arrays(tok) if cfg.ptx_coef > 0 else None   # PPO-ptx rows, as train_ppo draws them
     if ptx is not None:
         batch = with_ptx_rows(batch, ptx, np.arange(cfg.batch_size))
     rows["update"] = timed(lambda: update_only(state.train_state, batch, k_it, cfg=cfg, model_cfg=model_cfg),
                            args.repeats)
-    fused = lambda: rlhf.ppo_iteration(state, ref, rm, enc.tokens, enc.attention_mask, k_it, ptx,
+    fused = lambda: ppo_train.ppo_iteration(state, ref, rm, enc.tokens, enc.attention_mask, k_it, ptx,
                                        cfg=cfg, model_cfg=model_cfg)
     rows["fused"] = timed(fused, args.repeats)
     countries = [parse_country(p) for p in prompts]
@@ -113,7 +113,7 @@ def main():
     def loop_iteration():
         _, out = fused()
         jax.device_get(out.metrics)
-        return rlhf.rollout_gold(tok, countries, out)
+        return ppo_train.rollout_gold(tok, countries, out)
 
     rows["loop"] = timed(loop_iteration, args.repeats)
     _, out = fused()
@@ -122,7 +122,7 @@ def main():
 
     def host_part():
         o = outs.pop()
-        return jax.device_get(o.metrics), rlhf.rollout_gold(tok, countries, o)
+        return jax.device_get(o.metrics), ppo_train.rollout_gold(tok, countries, o)
 
     rows["host"] = timed(host_part, args.repeats)
 

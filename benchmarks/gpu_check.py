@@ -1,5 +1,5 @@
 """On a GPU: the fused attention path (cuDNN flash attention on each row's real tokens moved to
-the front, see `minirlhf.model.real_first_causal_attention`) computes the same logits and
+the front, see `minirlhf.fa.real_first_causal_attention`) computes the same logits and
 gradients as the written-out attention, for every padding layout.
 
     python3 benchmarks/gpu_check.py             # exits non-zero on a mismatch; needs a GPU
@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from minirlhf import fused_attention as fa
 from minirlhf import model
 from minirlhf.model import GPTConfig, cross_entropy_loss, forward, init_params
 
@@ -51,7 +52,7 @@ def emulate_gpu_path_on_cpu():
 
     def fused(q, k, v, key_mask, causal):
         if causal:
-            return model.real_first_causal_attention(q, k, v, key_mask, implementation=None)
+            return fa.real_first_causal_attention(q, k, v, key_mask, implementation=None)
         return xla(q, k, v, key_mask, causal)
 
     model.fused_attention = fused

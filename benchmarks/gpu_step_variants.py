@@ -30,10 +30,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_model import median_ms, model_flops_per_token, train_step_fn  # same folder
 from benchmarks_common import gpt2_small
 
+from minirlhf import fused_attention as fa
 from minirlhf import model
 
 KERNEL = "cudnn" if jax.default_backend() == "gpu" else None  # None = XLA (CPU smoke test)
-PACKAGE_FUSED, PACKAGE_PERMUTE = model.fused_attention, model.permute_tokens
+PACKAGE_FUSED, PACKAGE_PERMUTE = model.fused_attention, fa.permute_tokens
 
 
 def xla_masked(q, k, v, key_mask, causal):
@@ -74,7 +75,7 @@ def real_first_attention(q, k, v, key_mask, causal):
         return PACKAGE_FUSED(q, k, v, key_mask, causal)   # exactly the package's code
     if not causal:
         return xla_masked(q, k, v, key_mask, causal)
-    return model.real_first_causal_attention(q, k, v, key_mask, implementation=KERNEL)
+    return fa.real_first_causal_attention(q, k, v, key_mask, implementation=KERNEL)
 
 
 def plain_permute(x, order, inverse):
@@ -104,11 +105,11 @@ def main():
     for B in args.batch:
         runs = {}
         for name in args.variants:
-            model.fused_attention, model.permute_tokens = VARIANTS[name]
+            model.fused_attention, fa.permute_tokens = VARIANTS[name]
             t0 = time.perf_counter()
             _, step, state, batch = train_step_fn(cfg, B, T)
             compiled = step.lower(state[0], batch).compile()
-            model.fused_attention, model.permute_tokens = PACKAGE_FUSED, PACKAGE_PERMUTE
+            model.fused_attention, fa.permute_tokens = PACKAGE_FUSED, PACKAGE_PERMUTE
             hlo = compiled.as_text()
             mem = compiled.memory_analysis()
             mem_mb = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes) / 2**20

@@ -22,7 +22,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from minirlhf import rlhf
+from minirlhf import ppo_train
 from minirlhf.dpo_train import DPOConfig, load_pair_arrays, train_dpo, with_reference_logps
 from minirlhf.evaluation import evaluate_policy
 from minirlhf.model import tempered
@@ -63,8 +63,8 @@ def main():
         for trainable in ("all", "final_norm"):
             for gamma in (0.0, 1.0):
                 fn = FINAL_NORM["ppo"] if trainable == "final_norm" else {}
-                ppo_cfg = dataclasses.replace(rlhf.PPOConfig(), seed=seed, ptx_coef=gamma, trainable=trainable, **fn)
-                state, _ = rlhf.train_ppo(sft, sft, rm, cfg, tok, ppo_cfg, quiet=True)
+                ppo_cfg = dataclasses.replace(ppo_train.PPOConfig(), seed=seed, ptx_coef=gamma, trainable=trainable, **fn)
+                state, _ = ppo_train.train_ppo(sft, sft, rm, cfg, tok, ppo_cfg, quiet=True)
                 policies[f"PPO{'-ptx' if gamma else ''}, {trainable}"] = state.train_state.params["policy"]
                 fn = FINAL_NORM["dpo"] if trainable == "final_norm" else {}
                 dpo_cfg = dataclasses.replace(DPOConfig(), seed=seed, ptx_coef=gamma, trainable=trainable, **fn)

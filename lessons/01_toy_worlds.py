@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from minirlhf import paths
+from minirlhf.exact import world as exact
 from minirlhf.tokenizer import (
     TOKENIZER_FILENAME,
     encode_batch,
@@ -33,7 +34,6 @@ from minirlhf.tokenizer import (
     load_or_train_tokenizer,
 )
 from minirlhf.worlds import capitals as cw
-from minirlhf.worlds import exact
 
 t_start = time.time()
 args = paths.lesson_args()

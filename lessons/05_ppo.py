@@ -27,23 +27,23 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minirlhf import exact_training as et
-from minirlhf import paths, ppo, rlhf
+from minirlhf import paths, ppo, ppo_train
 from minirlhf.evaluation import evaluate_policy, format_table, sample_answers
+from minirlhf.exact import training as et
+from minirlhf.exact import world as exact
+from minirlhf.exact.world import ExactWorldConfig, make_exact_world
 from minirlhf.model import tempered
 from minirlhf.pretrain import corpus_arrays, ensure_tokenizer
 from minirlhf.reward import ensure_reward_model
 from minirlhf.sft import ensure_sft_model
 from minirlhf.tokenizer import encode_prompts
 from minirlhf.worlds import capitals as cw
-from minirlhf.worlds import exact
-from minirlhf.worlds.exact import ExactWorldConfig, make_exact_world
 
 t_start = time.time()
 args = paths.lesson_args()
 RUNS, FIGURES = paths.runs_dir(args.smoke), paths.figures_dir(args.smoke)
-cfg = rlhf.PPOConfig.smoke() if args.smoke else rlhf.PPOConfig()
-cfg = rlhf.PPOConfig(**{**cfg.__dict__, "seed": args.seed})
+cfg = ppo_train.PPOConfig.smoke() if args.smoke else ppo_train.PPOConfig()
+cfg = ppo_train.PPOConfig(**{**cfg.__dict__, "seed": args.seed})
 tok = ensure_tokenizer(args.smoke)
 ref_params, model_cfg = ensure_sft_model(args.smoke)     # pi_ref (lesson 03), built if missing
 rm_params, _ = ensure_reward_model(args.smoke)           # r_phi (lesson 04), built if missing
@@ -76,10 +76,10 @@ def evaluate(params, names=("train", "heldout", "ood")):
 
 # %%
 enc = encode_prompts(tok, splits["train"], max_len=cfg.prompt_len)
-state0 = rlhf.init_ppo_state(ref_params, rm_params, model_cfg, cfg, jax.random.PRNGKey(args.seed))
+state0 = ppo_train.init_ppo_state(ref_params, rm_params, model_cfg, cfg, jax.random.PRNGKey(args.seed))
 ptx_table = corpus_arrays(tok)   # pretraining documents for the PPO-ptx term (section 6)
-_, out0 = rlhf.ppo_iteration(state0, ref_params, rm_params, enc.tokens, enc.attention_mask,
-                             jax.random.PRNGKey(1), ptx_table, cfg=rlhf.compiled_part(cfg),
+_, out0 = ppo_train.ppo_iteration(state0, ref_params, rm_params, enc.tokens, enc.attention_mask,
+                             jax.random.PRNGKey(1), ptx_table, cfg=ppo_train.compiled_part(cfg),
                              model_cfg=model_cfg)
 print(f"max |log pi_old (forward pass) - log pi (sampler)| = {float(out0.metrics['rollout/logprob_mismatch']):.2e}")
 print(f"KL(pi_theta || pi_ref) at iteration 0: {float(out0.metrics['objective/kl']):.2e} nats")
@@ -135,13 +135,13 @@ print(np.round(row, 3))
 # features (benchmarks/bench_ppo.py --value-model separate measures the cost).
 #
 # **The whole iteration** (rollout -> scoring -> shaping -> GAE -> epochs x minibatches of
-# updates under `lax.scan` -> KL controller) is one jitted function, `rlhf.ppo_iteration`,
+# updates under `lax.scan` -> KL controller) is one jitted function, `ppo_train.ppo_iteration`,
 # called once per iteration from the Python loop below.
 
 # %%
-state, history = rlhf.train_ppo(ref_params, ref_params, rm_params, model_cfg, tok, cfg)
+state, history = ppo_train.train_ppo(ref_params, ref_params, rm_params, model_cfg, tok, cfg)
 policy = state.train_state.params["policy"]
-rlhf.save_ppo_policy(args.smoke, policy, model_cfg, {"final_kl": float(history["objective/kl"][-1])})
+ppo_train.save_ppo_policy(args.smoke, policy, model_cfg, {"final_kl": float(history["objective/kl"][-1])})
 print(f"saved {RUNS / 'ppo.ckpt'}; {np.sum(history['time/iteration']):.0f} s for "
       f"{cfg.n_iterations} iterations (first one includes compilation)")
 
@@ -236,8 +236,8 @@ print(f"held-out gold accuracy: SFT {results['SFT heldout']['gold/accuracy']:.3f
 SWEEP = (0.0, cfg.kl.init_beta, 2.0)
 sweep = {cfg.kl.init_beta: history}               # the main run is the middle of the sweep
 for beta in (SWEEP[0], SWEEP[2]):
-    sweep_cfg = rlhf.PPOConfig(**{**cfg.__dict__, "kl": ppo.KLControllerConfig(init_beta=beta)})
-    _, sweep[beta] = rlhf.train_ppo(ref_params, ref_params, rm_params, model_cfg, tok, sweep_cfg, quiet=True)
+    sweep_cfg = ppo_train.PPOConfig(**{**cfg.__dict__, "kl": ppo.KLControllerConfig(init_beta=beta)})
+    _, sweep[beta] = ppo_train.train_ppo(ref_params, ref_params, rm_params, model_cfg, tok, sweep_cfg, quiet=True)
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
 for beta in SWEEP:
     h = sweep[beta]
@@ -288,9 +288,9 @@ print(f"beta = {SWEEP[0]}: gold reward peaked at iteration {peak + 1} ({small['g
 
 # %%
 FINAL_NORM_LR = 3e-2
-fn_cfg = rlhf.PPOConfig(**{**cfg.__dict__, "trainable": "final_norm", "lr": FINAL_NORM_LR, "ptx_coef": 1.0,
+fn_cfg = ppo_train.PPOConfig(**{**cfg.__dict__, "trainable": "final_norm", "lr": FINAL_NORM_LR, "ptx_coef": 1.0,
                            "n_iterations": max(2 * cfg.n_iterations // 3, 1)})
-fn_state, fn_history = rlhf.train_ppo(ref_params, ref_params, rm_params, model_cfg, tok, fn_cfg, quiet=True)
+fn_state, fn_history = ppo_train.train_ppo(ref_params, ref_params, rm_params, model_cfg, tok, fn_cfg, quiet=True)
 fn_policy = fn_state.train_state.params["policy"]
 fn_eval = evaluate(fn_policy)
 TEMPERATURES = (0.8, 0.7, 0.6)   # pi_ref at temperature T, as weights: ln_f's (g, b) / T (model.tempered)
@@ -340,7 +340,7 @@ fig.savefig(FIGURES / "05_what_transfers.png", dpi=120)
 # On the exact world (2 prompts x 27 responses, lesson 01) the optimum of
 # E[r] - beta KL(pi || pi_ref) is known: pi*_beta = pi_ref exp(r / beta) / Z.  The same PPO
 # pieces (`ppo.shape_rewards`, `ppo.gae`, `ppo.policy_loss`, `ppo.ppo_update`), driving a
-# tabular policy (`minirlhf/exact_training.py`), should converge to it: we print the exact
+# tabular policy (`minirlhf/exact/training.py`), should converge to it: we print the exact
 # KL(pi_theta || pi*_beta) before and after, and the exact expected reward against pi*_beta's.
 
 # %%

@@ -68,14 +68,14 @@ from minirlhf.dpo_train import (
     with_reference_logps,
 )
 from minirlhf.evaluation import gold_metrics, sample_answers, sequence_kl
-from minirlhf.exact_training import TabularDPOConfig, run_dpo
+from minirlhf.exact import world as exact
+from minirlhf.exact.tabular import all_sequence_logprobs
+from minirlhf.exact.training import TabularDPOConfig, run_dpo
 from minirlhf.model import tempered
 from minirlhf.pretrain import corpus_arrays, ensure_tokenizer
 from minirlhf.reward_data import ensure_preferences
 from minirlhf.sft import ensure_sft_model
-from minirlhf.tabular import all_sequence_logprobs
 from minirlhf.worlds import capitals as cw
-from minirlhf.worlds import exact
 
 t_start = time.time()
 args = paths.lesson_args()
@@ -328,7 +328,7 @@ print(f"first 5 / last 5 steps: logps/chosen {history['logps/chosen'][:5].mean()
 # enumerated, so we can train a tabular policy with DPO on the POPULATION loss (the expectation
 # over all pairs drawn from pi_ref and labelled by Bradley-Terry with the gold reward, an exact
 # sum) and measure KL(pi_theta || pi*_beta) exactly.  The derivation above says it goes to 0.
-# (`exact_training.run_dpo`, the same `dpo.py` losses on a table of logits.)
+# (`exact.training.run_dpo`, the same `dpo.py` losses on a table of logits.)
 
 # %%
 world = exact.make_exact_world(exact.ExactWorldConfig(n_prompts=2, alphabet_size=3, length=3))

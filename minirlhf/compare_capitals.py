@@ -22,14 +22,14 @@ import time
 import jax
 import numpy as np
 
-from minirlhf import dpo_train, rlhf
+from minirlhf import dpo_train, ppo_train
 from minirlhf.evaluation import evaluate_policy, sample_answers
+from minirlhf.exact.world import best_of_n_kl_bound
 from minirlhf.pretrain import ensure_tokenizer
 from minirlhf.reward import ensure_reward_model
 from minirlhf.reward_data import ensure_preferences
 from minirlhf.sft import ensure_sft_model
 from minirlhf.worlds.capitals import split_prompts
-from minirlhf.worlds.exact import best_of_n_kl_bound
 
 SPLITS = ("train", "heldout", "ood")
 COLUMNS = ("acc/train", "acc/heldout", "acc/ood", "kl", "time_s")
@@ -43,7 +43,7 @@ class CapitalsCompareConfig:
     """Temperature-1 answers per prompt for the gold accuracy and the KL estimate."""
     bon_n: int = 8
     """n of best-of-n (samples from pi_ref = SFT, pick the highest reward-model score)."""
-    ppo: rlhf.PPOConfig = rlhf.PPOConfig(n_iterations=20, ptx_coef=0.0)   # plain PPO vs plain DPO
+    ppo: ppo_train.PPOConfig = ppo_train.PPOConfig(n_iterations=20, ptx_coef=0.0)   # plain PPO vs plain DPO
     """PPO run (reduced from lesson 05's default to fit lesson 07's time budget)."""
     dpo: dpo_train.DPOConfig = dpo_train.DPOConfig()
     """DPO run (lesson 06's default); IPO uses the same with loss_type="ipo"."""
@@ -51,7 +51,7 @@ class CapitalsCompareConfig:
     @classmethod
     def smoke(cls) -> CapitalsCompareConfig:
         """One seed, one answer per prompt and the stages' smoke configs: for the tests."""
-        return cls(seeds=(0,), n_eval=1, bon_n=2, ppo=rlhf.PPOConfig.smoke(),
+        return cls(seeds=(0,), n_eval=1, bon_n=2, ppo=ppo_train.PPOConfig.smoke(),
                    dpo=dpo_train.DPOConfig.smoke())
 
 
@@ -65,7 +65,7 @@ def best_of_n_accuracy(params, rm_params, model_cfg, tok, prompts, key, n: int, 
     reward-model score among n samples of pi_ref."""
     samples = sample_answers(params, model_cfg, tok, prompts, key, n * n_eval)
     gen = samples.generation
-    scores = np.asarray(rlhf.reward_model_score(rm_params, gen.tokens, gen.attention_mask,
+    scores = np.asarray(ppo_train.reward_model_score(rm_params, gen.tokens, gen.attention_mask,
                                                 gen.response_mask, model_cfg))
     scores = scores.reshape(len(prompts), n_eval, n)  # rows are prompt-major
     best = scores.argmax(-1)  # [prompts, n_eval]
@@ -98,7 +98,7 @@ def capitals_table(smoke: bool, cfg: CapitalsCompareConfig, quiet: bool = True) 
         add(f"best-of-{cfg.bon_n}", {**bon, "kl": best_of_n_kl_bound(cfg.bon_n),
                                      "time_s": time.perf_counter() - t0})
         t0 = time.perf_counter()
-        state, _ = rlhf.train_ppo(sft_params, sft_params, rm_params, model_cfg, tok,
+        state, _ = ppo_train.train_ppo(sft_params, sft_params, rm_params, model_cfg, tok,
                                   dataclasses.replace(cfg.ppo, seed=seed), quiet=quiet)
         elapsed = time.perf_counter() - t0
         add("ppo", {**_evaluate(state.train_state.params["policy"], sft_params, model_cfg, tok,

@@ -60,6 +60,48 @@ def _metrics(loss, ratios: PreferenceLogratios, beta, policy_chosen_logps, polic
     }
 
 
+LOSS_TYPES = ("dpo", "ipo")
+
+
+def preference_losses(h: jax.Array, beta: float, loss_type: str = "dpo",
+                      label_smoothing: float = 0.0) -> jax.Array:
+    """One loss per pair, from its log-ratio difference h [B] -> [B].  The single place where the
+    variant is chosen; every batch loss of the package is the mean of these.
+
+        "dpo", eps = 0:  l = -log sigma(beta h)                               (Rafailov et al. 2023, eq. 7)
+        "dpo", eps > 0:  l = -(1 - eps) log sigma(beta h) - eps log sigma(-beta h)
+                                                         (conservative DPO, Mitchell 2023)
+        "ipo":           l = (h - 1 / (2 beta))^2                              (Azar et al. 2023, eq. 17)
+
+    cDPO assumes each label is flipped with probability eps = label_smoothing in [0, 0.5).
+    IPO's squared loss regresses h to the finite target 1/(2 beta) instead of pushing it to
+    infinity, so IPO stays regularised towards pi_ref even with deterministic preferences, where
+    DPO's sigma-loss drives the loser's probability to 0 for every beta.
+    """
+    if loss_type == "ipo":
+        return (h - 1.0 / (2.0 * beta)) ** 2                          # Azar et al. eq. 17
+    if loss_type != "dpo":
+        raise ValueError(f"dpo.py: loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    logits = beta * h                                                 # [B]
+    return (-(1.0 - label_smoothing) * jax.nn.log_sigmoid(logits)     # eq. 7
+            - label_smoothing * jax.nn.log_sigmoid(-logits))          # cDPO: label flipped w.p. eps
+
+
+def preference_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
+                    reference_rejected_logps, beta: float, loss_type: str = "dpo",
+                    label_smoothing: float = 0.0):
+    """The batch loss: mean over pairs of `preference_losses` (DPO, cDPO or IPO).
+
+    Args: four [B] arrays of SUMMED sequence log-probs; beta > 0; loss_type "dpo" or "ipo";
+      label_smoothing eps in [0, 0.5) (cDPO; "dpo" only).
+    Returns: (loss scalar, metrics with TRL names).
+    """
+    ratios = preference_logratios(policy_chosen_logps, policy_rejected_logps,
+                                  reference_chosen_logps, reference_rejected_logps)
+    loss = jnp.mean(preference_losses(ratios.h, beta, loss_type, label_smoothing))
+    return loss, _metrics(loss, ratios, beta, policy_chosen_logps, policy_rejected_logps)
+
+
 def dpo_loss(
     policy_chosen_logps: jax.Array,
     policy_rejected_logps: jax.Array,
@@ -83,15 +125,8 @@ def dpo_loss(
       label_smoothing eps in [0, 0.5).
     Returns: (loss scalar, metrics with TRL names).
     """
-    ratios = preference_logratios(policy_chosen_logps, policy_rejected_logps,
-                                  reference_chosen_logps, reference_rejected_logps)
-    logits = beta * ratios.h  # [B]
-    losses = (
-        -(1.0 - label_smoothing) * jax.nn.log_sigmoid(logits)  # eq. 7
-        - label_smoothing * jax.nn.log_sigmoid(-logits)  # cDPO: label flipped w.p. eps
-    )
-    loss = jnp.mean(losses)
-    return loss, _metrics(loss, ratios, beta, policy_chosen_logps, policy_rejected_logps)
+    return preference_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
+                           reference_rejected_logps, beta, "dpo", label_smoothing)
 
 
 def ipo_loss(
@@ -105,16 +140,10 @@ def ipo_loss(
 
         L_IPO = mean (h - 1 / (2 beta))^2       (Azar et al. use tau for our beta)
 
-    A squared loss regresses h to the finite target 1/(2 beta) instead of pushing it to
-    infinity, so IPO stays regularised towards pi_ref even with deterministic preferences,
-    where DPO's sigma-loss drives the loser's probability to 0 for every beta.
     We use SUMMED sequence log-probs as in the paper's definition (TRL averages per token).
 
     Args: four [B] arrays of summed sequence log-probs; beta > 0.
     Returns: (loss scalar, metrics with TRL names).
     """
-    ratios = preference_logratios(policy_chosen_logps, policy_rejected_logps,
-                                  reference_chosen_logps, reference_rejected_logps)
-    losses = (ratios.h - 1.0 / (2.0 * beta)) ** 2  # Azar et al. eq. 17
-    loss = jnp.mean(losses)
-    return loss, _metrics(loss, ratios, beta, policy_chosen_logps, policy_rejected_logps)
+    return preference_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
+                           reference_rejected_logps, beta, "ipo")

@@ -35,9 +35,10 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
+from minirlhf.config import check_fields
 from minirlhf.data import read_preferences
-from minirlhf.dpo import dpo_loss, ipo_loss
-from minirlhf.model import GPTConfig, check_fields, sequence_logprobs
+from minirlhf.dpo import LOSS_TYPES, preference_loss
+from minirlhf.model import GPTConfig, sequence_logprobs
 from minirlhf.paths import runs_dir
 from minirlhf.pretrain import SEQ_LEN, corpus_arrays, ensure_tokenizer, ptx_loss, with_ptx_rows
 from minirlhf.reward_data import encode_responses, ensure_preferences, needed_length
@@ -56,7 +57,6 @@ from minirlhf.training import (
     stop_frozen,
 )
 
-LOSS_TYPES = ("dpo", "ipo")
 REFERENCE_KEYS = ("reference_chosen_logps", "reference_rejected_logps")
 
 
@@ -173,24 +173,6 @@ def with_reference_logps(arrays: dict, ref_params, cfg: GPTConfig) -> dict:
 
 # ----------------------------------------------------------------------------- loss and step
 
-def preference_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
-                    reference_rejected_logps, dcfg: DPOConfig):
-    """The loss selected by dcfg, all from `dpo.py`.  With
-    h = (log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x)) and eps =
-    dcfg.label_smoothing:
-
-        "dpo", eps = 0  (dpo_loss):  L = -mean log sigma(beta h)        (Rafailov et al. 2023, eq. 7)
-        "dpo", eps > 0  (dpo_loss):  L = -mean [(1 - eps) log sigma(beta h) + eps log sigma(-beta h)]
-                                                                   (conservative DPO, Mitchell 2023)
-        "ipo"           (ipo_loss):  L = mean (h - 1 / (2 beta))^2  (Azar et al. 2023, eq. 17)
-
-    Four [B] arrays of summed log-probs -> (loss, metrics with TRL names)."""
-    args = (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
-    if dcfg.loss_type == "ipo":
-        return ipo_loss(*args, dcfg.beta)
-    return dpo_loss(*args, dcfg.beta, dcfg.label_smoothing)
-
-
 def dpo_batch_loss(params, batch: dict, cfg: GPTConfig, dcfg: DPOConfig):
     """L_DPO of one batch of pairs (Rafailov et al. 2023 eq. 7, or the variant dcfg selects).
 
@@ -200,8 +182,9 @@ def dpo_batch_loss(params, batch: dict, cfg: GPTConfig, dcfg: DPOConfig):
     """
     params = stop_frozen(params, gpt_labels(params, dcfg.trainable))   # "final_norm": only ln_f learns
     policy_chosen_logps, policy_rejected_logps = concatenated_logps(params, batch, cfg)
-    loss, metrics = preference_loss(policy_chosen_logps, policy_rejected_logps,
-                                    batch["reference_chosen_logps"], batch["reference_rejected_logps"], dcfg)
+    loss, metrics = preference_loss(policy_chosen_logps, policy_rejected_logps,   # DPO / cDPO / IPO
+                                    batch["reference_chosen_logps"], batch["reference_rejected_logps"],
+                                    dcfg.beta, dcfg.loss_type, dcfg.label_smoothing)
     if dcfg.ptx_coef > 0:   # + gamma L_LM on pretraining rows (PPO-ptx's term, applied to DPO)
         lm = ptx_loss(params, batch, cfg)
         loss = loss + dcfg.ptx_coef * lm

@@ -26,40 +26,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from minirlhf.config import check_fields
+from minirlhf.fused_attention import fused_attention  # the GPU path, in its own module
+
 NEG_INF = -1e9  # finite "minus infinity": a fully masked row gives a uniform softmax, never NaN
-
-_FIELD_RULES = (  # (keyword of check_fields, expected range as printed, test written NaN-safe)
-    ("counts", "an integer >= 1", lambda v: isinstance(v, numbers.Integral) and v >= 1),
-    ("positive", "> 0", lambda v: v > 0),
-    ("non_negative", ">= 0", lambda v: v >= 0),
-    ("unit", "in [0, 1]", lambda v: 0 <= v <= 1),
-)
-
-
-def check_fields(cfg, **fields_by_rule) -> None:
-    """Validate a config in its `__post_init__`: e.g. `check_fields(self, counts=("steps",),
-    positive=("lr",))` raises ValueError("SFTConfig.lr: expected > 0, got -0.1") for the first
-    field outside its range.  Rules: counts (integer >= 1), positive (> 0), non_negative (>= 0),
-    unit (in [0, 1]).  NaN and values of the wrong type fail every rule."""
-    unknown = set(fields_by_rule) - {rule for rule, _, _ in _FIELD_RULES}
-    if unknown:
-        raise TypeError(f"check_fields: unknown rules {sorted(unknown)}")
-    for rule, expected, ok in _FIELD_RULES:
-        for name in fields_by_rule.get(rule, ()):
-            value = getattr(cfg, name)
-            try:
-                valid = bool(ok(value))
-            except TypeError:   # e.g. a string where a number belongs
-                valid = False
-            if not valid:
-                raise ValueError(f"{type(cfg).__name__}.{name}: expected {expected}, got {value!r}")
-
 
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
@@ -190,67 +165,6 @@ def attend(q, k, v, key_mask, cfg: GPTConfig, causal: bool = True):
     scores = jnp.where(attention_allowed(key_mask, causal), scores, NEG_INF)  # causal + padding mask
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)            # [B, H, Tq, Tk]
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)                      # [B, Tq, H, Dh]
-
-
-def fused_attention(q, k, v, key_mask, causal: bool):
-    """The same attention through `jax.nn.dot_product_attention` (shapes as in `attend`).
-
-    On a CPU, or for a decoding step, it is XLA's implementation with the padding mask.  On a GPU
-    in bfloat16/float16, the causal pass runs cuDNN's flash-attention kernel, which never builds
-    the [T, T] score matrix, for every padding layout: see `real_first_causal_attention`.
-    """
-    if causal and jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
-        return real_first_causal_attention(q, k, v, key_mask, implementation="cudnn")
-    return jax.nn.dot_product_attention(q, k, v, mask=(key_mask > 0)[:, None, None, :], is_causal=causal)
-
-
-def real_first_causal_attention(q, k, v, key_mask, implementation=None):
-    """Causal self-attention among the real tokens of each row, for ANY padding layout, computed by
-    a kernel that only understands "the first n tokens of the row are real" (per-row lengths).
-
-    cuDNN's flash attention takes padding only as such lengths, i.e. right padding: the layout of
-    training batches, but not of left-padded PPO rollouts.  Yet which keys a real query sees (the
-    real tokens at or before it) depends only on the ORDER of the real tokens, not on where the
-    pads sit.  So each row's real tokens are moved to the front by a stable per-row permutation
-    (the identity on a right-padded row), attended with lengths, and moved back: exact for every
-    layout, with nothing decided at run time.  Speed note: the permutation costs nothing
-    measurable, while the previous choice between cuDNN and XLA's masked path by `lax.cond` cost
-    ~10% of a GPT-2-small training step (H200: 35.3 vs 38.9 ms at B=16, cuDNN alone 35.6;
-    `benchmarks/gpu_step_variants.py`, log in benchmarks/results/h200_variants.log).
-    Outputs at pad queries are 0 (the explicit path averages earlier real tokens there).  Only
-    the log-prob of a token that follows a pad would read one; the package's losses score
-    response tokens, which follow real ones.  implementation: as in
-    `jax.nn.dot_product_attention` (None = XLA, for the CPU tests)."""
-    real = key_mask > 0                                                    # [B, T]
-    order = jnp.argsort(~real, axis=-1, stable=True)   # [B, T]: real columns first, in order, then pads
-    inverse = jnp.argsort(order, axis=-1)                                  # order[b, inverse[b, t]] = t
-    lengths = real.sum(-1).astype(jnp.int32)                               # [B] real tokens per row
-    q, k, v = (permute_tokens(x, order, inverse) for x in (q, k, v))
-    out = jax.nn.dot_product_attention(q, k, v, is_causal=True, query_seq_lengths=lengths,
-                                       key_value_seq_lengths=lengths, implementation=implementation)
-    return permute_tokens(out, inverse, order)
-
-
-@jax.custom_vjp
-def permute_tokens(x, order, inverse):
-    """y[b, t] = x[b, order[b, t]]: a per-row permutation of the tokens of x [B, T, ...].
-    `inverse` is the inverse permutation, used by the backward pass."""
-    return jax.vmap(lambda row, idx: row[idx])(x, order)
-
-
-# Speed note: the transpose of a permutation is its inverse, so the backward pass is one more
-# gather.  JAX's default transpose of a gather is a scatter-add: 39.8 instead of 35.7 ms per
-# GPT-2-small step at B=16 on an H200 (benchmarks/results/h200_scatter.log).
-def _permute_tokens_fwd(x, order, inverse):
-    return permute_tokens(x, order, inverse), (order, inverse)
-
-
-def _permute_tokens_bwd(res, g):
-    order, inverse = res
-    return permute_tokens(g, inverse, order), None, None
-
-
-permute_tokens.defvjp(_permute_tokens_fwd, _permute_tokens_bwd)
 
 
 def mlp(x, p):

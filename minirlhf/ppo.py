@@ -21,7 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from minirlhf.model import check_fields
+from minirlhf.config import check_fields
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:

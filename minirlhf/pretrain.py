@@ -18,7 +18,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
-from minirlhf.model import GPTConfig, check_fields, cross_entropy_loss, forward, init_params
+from minirlhf.config import check_fields
+from minirlhf.model import GPTConfig, cross_entropy_loss, forward, init_params
 from minirlhf.paths import runs_dir
 from minirlhf.tokenizer import encode_batch, load_or_train_tokenizer
 from minirlhf.training import Progress, batches, init_train_state, make_optimizer, make_train_step
@@ -85,7 +86,7 @@ def lm_loss(params, batch, cfg: GPTConfig):
 
 # ----------------------------------------------------------------------------- the ptx term
 # InstructGPT's "PPO-ptx" (Ouyang et al. 2022, eq. 2) keeps an aligned policy a language model of
-# the pretraining corpus:  L = L_align + gamma L_LM.  PPO (rlhf.py) and DPO (dpo_train.py) both
+# the pretraining corpus:  L = L_align + gamma L_LM.  PPO (ppo_train.py) and DPO (dpo_train.py) both
 # carry the pretraining rows inside their batch under these keys, so that their minibatching and
 # sharding treat them like every other row.
 

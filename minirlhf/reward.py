@@ -43,8 +43,9 @@ from tokenizers import Tokenizer
 
 from minirlhf.bradley_terry import bradley_terry_loss, grouped_bradley_terry_loss
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
+from minirlhf.config import check_fields
 from minirlhf.evaluation import sample_answers
-from minirlhf.model import GPTConfig, check_fields, forward, init_scalar_head, reward_from_hidden
+from minirlhf.model import GPTConfig, forward, init_scalar_head, reward_from_hidden
 from minirlhf.paths import runs_dir
 from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
 from minirlhf.reward_data import (

@@ -53,9 +53,10 @@ import jax
 import numpy as np
 from tokenizers import Tokenizer
 
+from minirlhf.config import check_fields
 from minirlhf.data import read_preferences, write_preferences
 from minirlhf.evaluation import sample_answers
-from minirlhf.model import GPTConfig, check_fields
+from minirlhf.model import GPTConfig
 from minirlhf.paths import runs_dir
 from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
 from minirlhf.sft import ensure_sft_model

@@ -22,7 +22,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
-from minirlhf.model import check_fields
+from minirlhf.config import check_fields
 from minirlhf.paths import runs_dir
 from minirlhf.pretrain import SEQ_LEN, corpus_arrays, ensure_base_model, ensure_tokenizer, train_lm
 from minirlhf.tokenizer import encode_batch

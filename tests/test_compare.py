@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minirlhf import compare as C
-from minirlhf import compare_ood as O
-from minirlhf import exact_training as et
-from minirlhf.worlds import exact
+from minirlhf.exact import compare as C
+from minirlhf.exact import ood as O
+from minirlhf.exact import training as et
+from minirlhf.exact import world as exact
 
 TINY = exact.ExactWorldConfig(n_prompts=2, alphabet_size=3, length=2)  # N = 9
 

@@ -8,10 +8,10 @@ from minirlhf import (
     dpo_train,
     model,
     ppo,
+    ppo_train,
     pretrain,
     reward,
     reward_data,
-    rlhf,
     sft,
 )
 
@@ -27,25 +27,25 @@ BAD = [  # (config class, field, one bad value): the message must name the field
     (ppo.PPOUpdateConfig, "n_epochs", 0),
     (ppo.PPOUpdateConfig, "n_minibatches", 0),
     (ppo.PPOUpdateConfig, "n_minibatches", 2.0),
-    (rlhf.PPOConfig, "n_iterations", 0),
-    (rlhf.PPOConfig, "batch_size", 0),
-    (rlhf.PPOConfig, "lr", 0.0),
-    (rlhf.PPOConfig, "lr", NAN),
-    (rlhf.PPOConfig, "max_grad_norm", 0.0),
-    (rlhf.PPOConfig, "clip_eps", -0.1),
-    (rlhf.PPOConfig, "clip_eps_v", 0.0),
-    (rlhf.PPOConfig, "clip_eps_v", NAN),
-    (rlhf.PPOConfig, "vf_coef", -1.0),
-    (rlhf.PPOConfig, "ent_coef", NAN),
-    (rlhf.PPOConfig, "gamma", 1.5),
-    (rlhf.PPOConfig, "lam", -0.1),
-    (rlhf.PPOConfig, "lam", NAN),
-    (rlhf.PPOConfig, "temperature", 0.0),
-    (rlhf.PPOConfig, "temperature", NAN),
-    (rlhf.PPOConfig, "prompt_len", 0),
-    (rlhf.PPOConfig, "max_new_tokens", 0),
-    (rlhf.PPOConfig, "ptx_coef", -1.0),
-    (rlhf.PPOConfig, "ptx_coef", NAN),
+    (ppo_train.PPOConfig, "n_iterations", 0),
+    (ppo_train.PPOConfig, "batch_size", 0),
+    (ppo_train.PPOConfig, "lr", 0.0),
+    (ppo_train.PPOConfig, "lr", NAN),
+    (ppo_train.PPOConfig, "max_grad_norm", 0.0),
+    (ppo_train.PPOConfig, "clip_eps", -0.1),
+    (ppo_train.PPOConfig, "clip_eps_v", 0.0),
+    (ppo_train.PPOConfig, "clip_eps_v", NAN),
+    (ppo_train.PPOConfig, "vf_coef", -1.0),
+    (ppo_train.PPOConfig, "ent_coef", NAN),
+    (ppo_train.PPOConfig, "gamma", 1.5),
+    (ppo_train.PPOConfig, "lam", -0.1),
+    (ppo_train.PPOConfig, "lam", NAN),
+    (ppo_train.PPOConfig, "temperature", 0.0),
+    (ppo_train.PPOConfig, "temperature", NAN),
+    (ppo_train.PPOConfig, "prompt_len", 0),
+    (ppo_train.PPOConfig, "max_new_tokens", 0),
+    (ppo_train.PPOConfig, "ptx_coef", -1.0),
+    (ppo_train.PPOConfig, "ptx_coef", NAN),
     (dpo_train.DPOConfig, "steps", 0),
     (dpo_train.DPOConfig, "batch_size", 0),
     (dpo_train.DPOConfig, "lr", 0.0),
@@ -97,7 +97,7 @@ def test_bad_value_raises_value_error_naming_the_field(cls, field, value):
 
 
 SMOKE_CLASSES = (pretrain.PretrainConfig, sft.SFTConfig, reward_data.PreferenceConfig,
-                 reward.RewardConfig, rlhf.PPOConfig, dpo_train.DPOConfig,
+                 reward.RewardConfig, ppo_train.PPOConfig, dpo_train.DPOConfig,
                  compare_capitals.CapitalsCompareConfig)
 
 
@@ -108,6 +108,6 @@ def test_default_smoke_and_in_use_configs_construct():
         cls.smoke()
     # values the lessons rely on: lesson 05's beta sweep (beta = 0, no ptx), plain DPO
     for beta in (0.0, 0.5, 2.0):
-        rlhf.PPOConfig(ptx_coef=0.0, kl=ppo.KLControllerConfig(init_beta=beta))
+        ppo_train.PPOConfig(ptx_coef=0.0, kl=ppo.KLControllerConfig(init_beta=beta))
     dpo_train.DPOConfig(ptx_coef=0.0, warmup_steps=0)
-    rlhf.compiled_part(rlhf.PPOConfig())
+    ppo_train.compiled_part(ppo_train.PPOConfig())

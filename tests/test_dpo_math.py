@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minirlhf import tabular
 from minirlhf.dpo import dpo_loss, ipo_loss, preference_logratios
-from minirlhf.worlds import exact
+from minirlhf.exact import tabular
+from minirlhf.exact import world as exact
 
 
 def _sigmoid(x):

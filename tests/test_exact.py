@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minirlhf.worlds import exact
-from minirlhf.worlds.exact import ExactWorldConfig, make_exact_world
+from minirlhf.exact import world as exact
+from minirlhf.exact.world import ExactWorldConfig, make_exact_world
 
 SMALL = ExactWorldConfig(n_prompts=2, alphabet_size=3, length=3, seed=1)
 

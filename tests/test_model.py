@@ -12,6 +12,7 @@ import pytest
 from jax.test_util import check_grads
 
 from minirlhf import model
+from minirlhf.fused_attention import real_first_causal_attention
 from minirlhf.model import GPTConfig
 from minirlhf.sampling import decode_step
 
@@ -150,7 +151,7 @@ def test_real_first_causal_attention_equals_explicit_for_every_padding_layout():
         return (out,) + vjp(w)
 
     explicit = outputs(lambda q, k, v: model.attend(q, k, v, mask, CFG, causal=True))
-    real_first = outputs(lambda q, k, v: model.real_first_causal_attention(q, k, v, mask))
+    real_first = outputs(lambda q, k, v: real_first_causal_attention(q, k, v, mask))
     np.testing.assert_allclose(np.asarray(real_first[0])[real], np.asarray(explicit[0])[real], **TOL)
     for a, b in zip(real_first[1:], explicit[1:]):                      # dq, dk, dv
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), **TOL)

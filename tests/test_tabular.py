@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minirlhf import exact_training as et
-from minirlhf import tabular
-from minirlhf.worlds import exact
-from minirlhf.worlds.exact import ExactWorldConfig, make_exact_world
+from minirlhf.exact import tabular
+from minirlhf.exact import training as et
+from minirlhf.exact import world as exact
+from minirlhf.exact.world import ExactWorldConfig, make_exact_world
 
 A, K, P = 3, 3, 2
 WORLD = make_exact_world(ExactWorldConfig(n_prompts=P, alphabet_size=A, length=K, seed=0))

@@ -11,11 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_dpo_train import TINY, pair_batch, random_rows
-from test_rlhf import CFG, MODEL, prompts
+from test_ppo_train import CFG, MODEL, prompts
 
-from minirlhf import rlhf
+from minirlhf import ppo_train
 from minirlhf.dpo_train import DPOConfig, evaluate_pairs, train_dpo, with_reference_logps
-from minirlhf.model import cross_entropy_loss, forward, init_params, init_scalar_head, tempered, token_logprobs
+from minirlhf.model import (
+    cross_entropy_loss,
+    forward,
+    init_params,
+    init_scalar_head,
+    tempered,
+    token_logprobs,
+)
 from minirlhf.training import gpt_labels, stop_frozen
 
 
@@ -82,7 +89,7 @@ def test_labels_all_trains_everything_and_unknown_regimes_are_rejected():
     with pytest.raises(ValueError, match="DPOConfig.trainable"):
         DPOConfig(trainable="lora")
     with pytest.raises(ValueError, match="PPOConfig.trainable"):
-        rlhf.PPOConfig(trainable="ln_f")
+        ppo_train.PPOConfig(trainable="ln_f")
 
 
 def test_final_norm_dpo_moves_only_ln_f_even_with_weight_decay_and_learns():
@@ -103,9 +110,9 @@ def test_final_norm_ppo_moves_only_ln_f_and_the_value_function():
     k_rm, k_head, k_v = jax.random.split(jax.random.PRNGKey(1), 3)
     rm = {"backbone": init_params(k_rm, MODEL), "head": init_scalar_head(k_head, MODEL)}
     cfg = dataclasses.replace(CFG, trainable="final_norm", lr=1e-2)
-    state = rlhf.init_ppo_state(ref, rm, MODEL, cfg, k_v)
+    state = ppo_train.init_ppo_state(ref, rm, MODEL, cfg, k_v)
     pt, pm = prompts()
-    new_state, out = rlhf.ppo_iteration(state, ref, rm, pt, pm, jax.random.PRNGKey(5), cfg=cfg,
+    new_state, out = ppo_train.ppo_iteration(state, ref, rm, pt, pm, jax.random.PRNGKey(5), cfg=cfg,
                                         model_cfg=MODEL)
     assert np.isfinite(float(out.metrics["loss/total"]))
     before = leaves_by_name(state.train_state.params)

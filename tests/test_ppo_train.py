@@ -1,4 +1,4 @@
-"""PPO on the transformer (minirlhf/rlhf.py), on a tiny random GPT and stand-in reward models."""
+"""PPO on the transformer (minirlhf/ppo_train.py), on a tiny random GPT and stand-in reward models."""
 
 import dataclasses
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import written_out_lm_loss
 
-from minirlhf import ppo, rlhf
+from minirlhf import ppo, ppo_train
 from minirlhf.evaluation import sequence_kl
 from minirlhf.model import GPTConfig, forward, init_params, init_scalar_head, scalar_head
 from minirlhf.pretrain import ptx_loss
@@ -16,7 +16,7 @@ from minirlhf.sampling import generate
 
 MODEL = GPTConfig(vocab_size=16, max_len=12, n_layer=1, n_head=2, d_model=16)
 P, N = 4, 5                      # prompt width, response budget (P + N + 3 pads <= max_len)
-CFG = rlhf.PPOConfig(batch_size=8, update=ppo.PPOUpdateConfig(2, 2), lr=1e-3, prompt_len=P, ptx_coef=0.0,
+CFG = ppo_train.PPOConfig(batch_size=8, update=ppo.PPOUpdateConfig(2, 2), lr=1e-3, prompt_len=P, ptx_coef=0.0,
                      max_new_tokens=N, kl=ppo.KLControllerConfig(init_beta=0.1))
 METRICS = ("objective/kl", "objective/kl_coef", "objective/entropy", "objective/scores",
            "objective/non_score_reward", "objective/rlhf_reward", "policy/approxkl",
@@ -37,7 +37,7 @@ def models():
     ref = init_params(k_pi, MODEL)
     rm = {"backbone": init_params(k_rm, MODEL), "head": init_scalar_head(k_head, MODEL)}
     rm["head"]["w"] = rm["head"]["w"] * 50.0                        # scores of order 1
-    return ref, rm, rlhf.init_ppo_state(ref, rm, MODEL, CFG, k_v)
+    return ref, rm, ppo_train.init_ppo_state(ref, rm, MODEL, CFG, k_v)
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +45,13 @@ def one_iteration(models):
     """(state before, state after, IterationOut) of one jitted iteration with CFG."""
     ref, rm, state = models
     pt, pm = prompts()
-    new_state, out = rlhf.ppo_iteration(state, ref, rm, pt, pm, jax.random.PRNGKey(5), cfg=CFG,
+    new_state, out = ppo_train.ppo_iteration(state, ref, rm, pt, pm, jax.random.PRNGKey(5), cfg=CFG,
                                         model_cfg=MODEL)
     return state, new_state, out
 
 
-make_rollout = jax.jit(rlhf.make_rollout, static_argnames=("cfg", "model_cfg", "reward_fn"))
-loss_and_grad = jax.jit(jax.value_and_grad(rlhf.ppo_loss, has_aux=True), static_argnames=("cfg", "model_cfg"))
+make_rollout = jax.jit(ppo_train.make_rollout, static_argnames=("cfg", "model_cfg", "reward_fn"))
+loss_and_grad = jax.jit(jax.value_and_grad(ppo_train.ppo_loss, has_aux=True), static_argnames=("cfg", "model_cfg"))
 
 
 def rollout(params, ref, rm, key, cfg=CFG):
@@ -83,7 +83,7 @@ def test_reference_gets_no_gradient_and_is_unchanged(models, one_iteration):
     @jax.jit
     def loss_through_rollout(ref_params):
         batch, _ = rollout(params, ref_params, rm, key)
-        return rlhf.ppo_loss(params, batch, CFG, MODEL)[0]
+        return ppo_train.ppo_loss(params, batch, CFG, MODEL)[0]
 
     grads = jax.grad(loss_through_rollout)(ref)
     for g in jax.tree_util.tree_leaves(grads):
@@ -139,7 +139,7 @@ def test_one_jitted_iteration_returns_documented_finite_metrics(one_iteration):
 def test_value_function_receives_gradients(models, value_model):
     ref, rm, _ = models
     cfg = dataclasses.replace(CFG, value_model=value_model)
-    state = rlhf.init_ppo_state(ref, rm, MODEL, cfg, jax.random.PRNGKey(0))
+    state = ppo_train.init_ppo_state(ref, rm, MODEL, cfg, jax.random.PRNGKey(0))
     batch, _ = rollout(state.train_state.params, ref, rm, jax.random.PRNGKey(6), cfg)
     _, grads = loss_and_grad(state.train_state.params, batch, cfg=cfg, model_cfg=MODEL)
     for g in jax.tree_util.tree_leaves(grads["value"]):
@@ -175,11 +175,11 @@ def first_token_prob(policy, token):
 def behaviour_run(models):
     """6 iterations rewarding TARGET, with the adaptive controller (KL far below its target)."""
     ref, rm, _ = models
-    state = rlhf.init_ppo_state(ref, rm, MODEL, BEHAVIOUR_CFG, jax.random.PRNGKey(0))
+    state = ppo_train.init_ppo_state(ref, rm, MODEL, BEHAVIOUR_CFG, jax.random.PRNGKey(0))
     pt, pm = prompts()
     betas, scores = [float(state.kl_ctl.beta)], []
     for key in jax.random.split(jax.random.PRNGKey(8), 6):
-        state, out = rlhf.ppo_iteration(state, ref, rm, pt, pm, key, cfg=BEHAVIOUR_CFG, model_cfg=MODEL,
+        state, out = ppo_train.ppo_iteration(state, ref, rm, pt, pm, key, cfg=BEHAVIOUR_CFG, model_cfg=MODEL,
                                         reward_fn=count_target)
         betas.append(float(state.kl_ctl.beta))
         scores.append(float(out.metrics["objective/scores"]))
@@ -234,11 +234,11 @@ def test_ptx_iteration_runs_and_rejects_a_negative_coefficient(models):
     table = {"tokens": jnp.tile(pt, (3, 1)), "attention_mask": jnp.tile(pm, (3, 1)),
              "loss_mask": jnp.tile(pm, (3, 1))}
     cfg = dataclasses.replace(CFG, ptx_coef=0.5)
-    _, out = rlhf.ppo_iteration(state, ref, rm, pt, pm, jax.random.PRNGKey(5), table, cfg=cfg,
+    _, out = ppo_train.ppo_iteration(state, ref, rm, pt, pm, jax.random.PRNGKey(5), table, cfg=cfg,
                                 model_cfg=MODEL)
     assert np.isfinite(float(out.metrics["loss/ptx"])) and float(out.metrics["loss/ptx"]) > 0
     with pytest.raises(ValueError, match="ptx_coef"):
-        rlhf.PPOConfig(ptx_coef=-1.0)
+        ppo_train.PPOConfig(ptx_coef=-1.0)
 
 
 def test_ptx_gradient_equals_finite_differences_of_the_written_out_lm_loss():

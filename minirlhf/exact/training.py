@@ -33,10 +33,11 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from minirlhf import ppo, tabular
-from minirlhf.dpo import dpo_loss, ipo_loss
-from minirlhf.worlds import exact
-from minirlhf.worlds.exact import ExactWorld
+from minirlhf import dpo, ppo
+from minirlhf.dpo import preference_logratios, preference_losses
+from minirlhf.exact import tabular
+from minirlhf.exact import world as exact
+from minirlhf.exact.world import ExactWorld
 
 
 def exact_metrics(params: dict, world: ExactWorld, logp_star: jax.Array) -> dict:
@@ -248,13 +249,9 @@ def empirical_pair_weights(pairs: PreferencePairs, n_prompts: int, n_responses: 
 
 
 def _pair_losses(policy_chosen, policy_rejected, reference_chosen, reference_rejected, cfg):
-    """Per-pair loss: the library loss (dpo.py) applied to batches of one pair. All [M]."""
-    def one_pair(*xs):
-        if cfg.loss_type == "ipo":
-            return ipo_loss(*(x[None] for x in xs), cfg.beta)[0]
-        return dpo_loss(*(x[None] for x in xs), cfg.beta, cfg.label_smoothing)[0]
-
-    return jax.vmap(one_pair)(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
+    """Per-pair loss: the library's per-pair losses (dpo.preference_losses). All [M]."""
+    h = preference_logratios(policy_chosen, policy_rejected, reference_chosen, reference_rejected).h
+    return preference_losses(h, cfg.beta, cfg.loss_type, cfg.label_smoothing)
 
 
 @partial(jax.jit, static_argnums=4)
@@ -343,12 +340,11 @@ def deterministic_preference_toy(cfg: TabularDPOConfig, pairs: jax.Array, logp_r
     n = logp_ref.shape[0]
     params = {"logits": logp_ref.reshape(1, 1, n)}  # P = 1 prompt, 1 prefix node, A = n
     ref_params = jax.tree_util.tree_map(jnp.copy, params)
-    loss = ipo_loss if cfg.loss_type == "ipo" else dpo_loss
 
     def loss_fn(p):
         logp, logp0 = (tabular.all_sequence_logprobs(q)[0] for q in (p, ref_params))  # [n]
-        return loss(logp[pairs[:, 0]], logp[pairs[:, 1]], logp0[pairs[:, 0]],
-                    logp0[pairs[:, 1]], cfg.beta)[0]
+        return dpo.preference_loss(logp[pairs[:, 0]], logp[pairs[:, 1]], logp0[pairs[:, 0]],
+                                   logp0[pairs[:, 1]], cfg.beta, cfg.loss_type)[0]
 
     state = TrainState.create(apply_fn=None, params=params,
                               tx=adam_optimizer(cfg.learning_rate, cfg.n_steps, cfg.anneal_lr))

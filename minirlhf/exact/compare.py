@@ -7,15 +7,15 @@ many betas train in ONE compiled call: `jax.jit(jax.vmap(jax.vmap(run, (None, 0)
 1. the frontier (`sweep` over `ppo_point` / `pref_point` / best-of-n): exact (KL(pi || pi_ref), E_pi[r]) of PPO / DPO / IPO / best-of-n against
    the optimal frontier of pi*_beta = pi_ref exp(r / beta) / Z (Rafailov et al. 2023, eq. 4).
    Because pi*_beta maximises E[r] - beta KL, no policy lies above the frontier at its own KL.
-2. out-of-distribution pairs (`compare_ood.ood_run`): preference pairs that cover only a subset S of the responses (Xu et al.
+2. out-of-distribution pairs (`ood.ood_run`): preference pairs that cover only a subset S of the responses (Xu et al.
    2024, "Is DPO Superior to PPO for LLM Alignment?", sec. 4): DPO vs PPO on a reward model
    fitted to the same pairs, and the remedies (SFT on the chosen responses, online DPO).
-3. overoptimisation (`compare_ood.overopt_run`): PPO and best-of-n against a Bradley-Terry proxy fitted on a few pairs,
+3. overoptimisation (`ood.overopt_run`): PPO and best-of-n against a Bradley-Terry proxy fitted on a few pairs,
    gold reward vs d = sqrt(KL) (Gao et al. 2022, "Scaling laws for reward model
    overoptimization", eqs. 1-2), with least-squares fits of their functional forms.
 (4. the capitals-world table lives in `compare_capitals.py`.)
 
-Reward scaling trick for PPO. `exact_training.run_ppo` takes beta in its (static) config. The
+Reward scaling trick for PPO. `training.run_ppo` takes beta in its (static) config. The
 objective E[r] - beta KL has the same maximiser as E[r / beta] - KL, and PPO whitens its
 advantages, so PPO with reward r / beta and KL coefficient 1 is the same algorithm (up to the
 critic's learning speed). The scaled reward is an array, so beta becomes a traced input.
@@ -31,12 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from minirlhf import exact_training as et
-from minirlhf import tabular
 from minirlhf.bradley_terry import bradley_terry_loss
-from minirlhf.dpo import dpo_loss, ipo_loss
-from minirlhf.worlds import exact
-from minirlhf.worlds.exact import ExactWorld
+from minirlhf.dpo import preference_logratios, preference_losses
+from minirlhf.exact import tabular
+from minirlhf.exact import training as et
+from minirlhf.exact import world as exact
+from minirlhf.exact.world import ExactWorld
 
 
 class ExactPoint(NamedTuple):
@@ -94,24 +94,19 @@ class PrefTrainConfig:
 
 
 def pair_loss(logp, ref_logp, pairs: et.PreferencePairs, beta, loss_type: str):
-    """(1/M) sum_m loss(pair m) with the library losses on one pair at a time:
+    """(1/M) sum_m loss(pair m) with the library's per-pair losses (dpo.preference_losses):
 
         h_m = (logp[x_m, w_m] - ref_logp[x_m, w_m]) - (logp[x_m, l_m] - ref_logp[x_m, l_m])
-        "dpo" (dpo.dpo_loss):  loss = -log sigma(beta h_m)          (Rafailov et al. 2023, eq. 7)
-        "ipo" (dpo.ipo_loss):  loss = (h_m - 1 / (2 beta))^2        (Azar et al. 2023, eq. 17)
+        "dpo":  loss = -log sigma(beta h_m)          (Rafailov et al. 2023, eq. 7)
+        "ipo":  loss = (h_m - 1 / (2 beta))^2        (Azar et al. 2023, eq. 17)
 
     logp, ref_logp: [P, N]; pairs: M (prompt x_m, chosen w_m, rejected l_m) triples."""
     def seq(table, idx):
         return table[pairs.prompt_ids, idx]  # [M] summed sequence log-probs
 
-    args = (seq(logp, pairs.chosen), seq(logp, pairs.rejected),
-            seq(ref_logp, pairs.chosen), seq(ref_logp, pairs.rejected))
-
-    def one(*xs):
-        loss = ipo_loss if loss_type == "ipo" else dpo_loss
-        return loss(*(x[None] for x in xs), beta)[0]
-
-    return jnp.mean(jax.vmap(one)(*args))
+    h = preference_logratios(seq(logp, pairs.chosen), seq(logp, pairs.rejected),
+                             seq(ref_logp, pairs.chosen), seq(ref_logp, pairs.rejected)).h  # [M]
+    return jnp.mean(preference_losses(h, beta, loss_type))
 
 
 def train_on_pairs(init_logp, ref_logp, pairs, beta, cfg: PrefTrainConfig, world: ExactWorld):

@@ -18,7 +18,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from minirlhf.worlds.exact import (
+from minirlhf.exact.world import (
     all_responses,
     level_offsets,
     n_prefixes,

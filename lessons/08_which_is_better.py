@@ -20,12 +20,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minirlhf import compare as C
-from minirlhf import compare_ood as O
-from minirlhf import exact_training as et
 from minirlhf.compare_capitals import CapitalsCompareConfig, capitals_table, markdown_table
+from minirlhf.exact import compare as C
+from minirlhf.exact import ood as O
+from minirlhf.exact import training as et
+from minirlhf.exact import world as exact
 from minirlhf.paths import figures_dir, lesson_args
-from minirlhf.worlds import exact
 
 args = lesson_args()
 SMOKE = args.smoke

@@ -12,9 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax.training.train_state import TrainState
 
-from minirlhf import exact_training as et
-from minirlhf import ppo, tabular
-from minirlhf.compare import (
+from minirlhf import ppo
+from minirlhf.exact import tabular
+from minirlhf.exact import training as et
+from minirlhf.exact import world as exact
+from minirlhf.exact.compare import (
     PrefTrainConfig,
     exact_point,
     fit_bt_reward,
@@ -23,8 +25,7 @@ from minirlhf.compare import (
     subset_pairs,
     train_on_pairs,
 )
-from minirlhf.worlds import exact
-from minirlhf.worlds.exact import ExactWorld
+from minirlhf.exact.world import ExactWorld
 
 # ----------------------------------------------------------------------------- OOD preferences
 
@@ -123,7 +124,7 @@ class OveroptConfig:
 
 
 def run_ppo_tracked(world: ExactWorld, gold: jax.Array, cfg: et.TabularPPOConfig, key):
-    """`exact_training.run_ppo` trained on world.reward (the proxy) that also records, after
+    """`training.run_ppo` trained on world.reward (the proxy) that also records, after
     each iteration, the exact gold reward, proxy reward and KL to pi_ref (prompt means).
     Returns {"kl", "gold", "proxy"} each [n_iterations + 1] (index 0 = pi_ref)."""
     A, K = world.ref_logits.shape[-1], world.responses.shape[-1]

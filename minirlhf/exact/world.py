@@ -64,7 +64,7 @@ class ExactWorld(NamedTuple):
 def _check_alphabet(alphabet_size: int, length: int) -> None:
     if alphabet_size < 2 or length < 1:
         raise ValueError(
-            f"worlds/exact.py: need alphabet_size >= 2 and length >= 1, "
+            f"exact/world.py: need alphabet_size >= 2 and length >= 1, "
             f"got alphabet_size={alphabet_size}, length={length}"
         )
 
@@ -135,7 +135,7 @@ def make_exact_world(cfg: ExactWorldConfig) -> ExactWorld:
     """Build the enumerable world (targets, gold reward table, reference policy) from cfg.seed."""
     _check_alphabet(cfg.alphabet_size, cfg.length)
     if cfg.n_prompts < 1:
-        raise ValueError(f"worlds/exact.py: n_prompts must be >= 1, got {cfg.n_prompts}")
+        raise ValueError(f"exact/world.py: n_prompts must be >= 1, got {cfg.n_prompts}")
     return _build_world(cfg)
 
 
@@ -199,7 +199,7 @@ def optimal_policy(logp_ref: jax.Array, reward: jax.Array, beta) -> jax.Array:
     logp_ref, reward: [P, N]; beta > 0 scalar. Returns log pi* [P, N].
     """
     if isinstance(beta, (int, float)) and beta <= 0:
-        raise ValueError(f"worlds/exact.py optimal_policy: beta must be > 0, got {beta}")
+        raise ValueError(f"exact/world.py optimal_policy: beta must be > 0, got {beta}")
     return jax.nn.log_softmax(logp_ref + reward / beta, axis=-1)  # Rafailov et al. eq. 4
 
 
@@ -246,7 +246,7 @@ def best_of_n_logprobs(logp_ref: jax.Array, reward: jax.Array, n: int) -> jax.Ar
     logp_ref, reward: [P, N]; n >= 1. Returns log P_bon [P, N] (-inf where pi_ref(y) = 0).
     """
     if n < 1:
-        raise ValueError(f"worlds/exact.py best_of_n_logprobs: n must be >= 1, got {n}")
+        raise ValueError(f"exact/world.py best_of_n_logprobs: n must be >= 1, got {n}")
     order = jnp.argsort(reward, axis=-1, stable=True)  # [P, N] ascending, ties by index
     logp_sorted = jnp.take_along_axis(logp_ref, order, axis=-1)  # [P, N]
     log_cdf = jax.lax.cumlogsumexp(logp_sorted, axis=logp_sorted.ndim - 1)  # [P, N] log F(y)
@@ -270,5 +270,5 @@ def best_of_n_kl_bound(n: int) -> float:
     guarantees on the best-of-n alignment policy").
     """
     if n < 1:
-        raise ValueError(f"worlds/exact.py best_of_n_kl_bound: n must be >= 1, got {n}")
+        raise ValueError(f"exact/world.py best_of_n_kl_bound: n must be >= 1, got {n}")
     return float(np.log(n) - (n - 1) / n)
