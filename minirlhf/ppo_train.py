@@ -51,10 +51,10 @@ from tokenizers import Tokenizer
 
 from minirlhf import ppo
 from minirlhf.checkpoint import load_checkpoint, save_checkpoint
+from minirlhf.config import check_fields
 from minirlhf.evaluation import MAX_NEW_TOKENS, PROMPT_LEN
 from minirlhf.model import (
     GPTConfig,
-    check_fields,
     forward,
     init_scalar_head,
     scalar_head,
