@@ -1,7 +1,7 @@
 """How a training step's time and memory grow with T, B, d and L (around the lesson config).
 
     python benchmarks/cost_curves.py            # full sweeps, ~1-3 min on an idle 2-core CPU
-    python benchmarks/cost_curves.py --smoke    # tiny sweeps, seconds (used by lesson 08's tests)
+    python benchmarks/cost_curves.py --smoke    # tiny sweeps, seconds (used by lesson 10's tests)
 
 What is measured, per point: one jitted LM training step (`pretrain.lm_loss` + AdamW through
 `training.make_train_step`, explicit attention, fp32), compiled once via `.lower().compile()`.
@@ -19,7 +19,7 @@ What is measured, per point: one jitted LM training step (`pretrain.lm_loss` + A
 Fits, printed: the log-log slope of time and memory against each swept quantity (1 = linear,
 2 = quadratic), and time(T) = a T + b T^2 by least squares, whose b T^2 / time is the measured
 attention-like (T^2) share of the step, compared with the FLOP model's share.
-Results go to runs/cost_curves.json, the figure to figures/08_cost_curves.png.
+Results go to runs/cost_curves.json, the figure to figures/10_cost_curves.png.
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def main(argv=None) -> dict:
     out = {"base": base, "results": results, "summary": summary, "device": str(jax.devices()[0])}
     json_path = paths.runs_dir(args.smoke) / "cost_curves.json"
     json_path.write_text(json.dumps(out, indent=1))
-    fig_path = paths.figures_dir(args.smoke) / "08_cost_curves.png"
+    fig_path = paths.figures_dir(args.smoke) / "10_cost_curves.png"
     plot(results, summary, fig_path)
     print(f"wrote {json_path} and {fig_path} in {time.perf_counter() - t0:.0f} s")
     return out

@@ -253,4 +253,4 @@ print(f"lesson 01 done in {time.time() - t_start:.1f} s")
 #   demos are right ~75% of the time.  Gold accuracy tells us how each stage does.
 # * The gold reward is graded (correctness, form, verbosity, termination); the rater only
 #   reveals it through noisy Bradley-Terry comparisons with temperature tau.
-# * In the exact world the RLHF optimum pi*_beta is a table: the target for lesson 07.
+# * In the exact world the RLHF optimum pi*_beta is a table: the target for lessons 05-08.

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # Lesson 07: PPO or DPO?
+# # Lesson 08: PPO, DPO or GRPO? Which is better
 #
 # Rafailov et al. (2023) report that DPO's reward-KL frontier dominates PPO's on controlled
 # sentiment generation; Xu et al. (2024, "Is DPO Superior to PPO for LLM Alignment?") find that
@@ -101,11 +101,11 @@ ax.set_ylabel("expected gold reward E[r] [match fraction]")
 ax.set_title("Reward-KL frontier, exact world")
 ax.legend(fontsize=8)
 fig.tight_layout()
-fig.savefig(FIG / "07_frontier.png", dpi=120)
+fig.savefig(FIG / "08_frontier.png", dpi=120)
 plt.close(fig)
 
 # %% [markdown]
-# **Figure 07_frontier.png.** Exact expected gold reward against exact KL to $\pi_{ref}$ for PPO,
+# **Figure 08_frontier.png.** Exact expected gold reward against exact KL to $\pi_{ref}$ for PPO,
 # DPO and IPO at several $\beta$ (error bars: std over seeds) and best-of-$n$ for
 # $n = 1, 2, 4, \ldots$; the black curve is the optimum $\pi^*_\beta$ for all $\beta$. Nothing lies
 # above it. PPO, given the gold reward itself, lands on it; best-of-$n$ stays close (it is nearly
@@ -213,11 +213,11 @@ for ax, (kind, form) in zip(axes, (("ppo", "rl"), ("bon", "bon"))):
     ax.set_title("PPO vs proxy (iterations)" if kind == "ppo" else "best-of-n vs proxy (n)")
     ax.legend(fontsize=8)
 fig.tight_layout()
-fig.savefig(FIG / "07_overoptimisation.png", dpi=120)
+fig.savefig(FIG / "08_overoptimisation.png", dpi=120)
 plt.close(fig)
 
 # %% [markdown]
-# **Figure 07_overoptimisation.png.** Gain of the proxy reward (dashed) and of the gold reward
+# **Figure 08_overoptimisation.png.** Gain of the proxy reward (dashed) and of the gold reward
 # (solid, left axis) over $\pi_{ref}$ against $d=\sqrt{KL}$, one line per seed; left panel: PPO
 # over iterations, right panel: best-of-$n$ over $n$; dotted: least-squares fit of Gao et al.'s
 # form to the gold gain. The proxy keeps rising; the gold gain flattens and turns down at the
@@ -286,4 +286,4 @@ print(f"- OOD data: DPO leaves {dpo_unseen:.3f} of its mass on unlabelled respon
       f"(gold {ood['sft_dpo']['reward'].mean():.3f} vs DPO {ood['dpo']['reward'].mean():.3f}), "
       f"online DPO gold {ood['online_dpo']['reward'].mean():.3f}")
 print(f"- capitals: best held-out accuracy: {best_acc}")
-print(f"lesson 07 total: {time.perf_counter() - T_START:.1f}s")
+print(f"lesson 08 total: {time.perf_counter() - T_START:.1f}s")

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # Lesson 08: from toy to cluster
+# # Lesson 10: from toy to cluster
 #
 # Every step of this course (SFT, the reward model, PPO, DPO) ran on one CPU.  Real runs
 # use many accelerators.  The point of this lesson: **the losses do not change**.  JAX's SPMD
@@ -202,8 +202,8 @@ else:
     results = cost.run_sweeps(base, sweep, n_timed=3)
 summary = cost.summarize(results, base)
 cost.print_report(results, summary)
-cost.plot(results, summary, FIGURES / "08_cost_curves.png")
-print(f"figure -> {FIGURES / '08_cost_curves.png'}")
+cost.plot(results, summary, FIGURES / "10_cost_curves.png")
+print(f"figure -> {FIGURES / '10_cost_curves.png'}")
 
 # %% [markdown]
 # ## 5. What changes on a real GPU
@@ -242,4 +242,4 @@ print(f"this lesson's DPO step ({2 * B} sequences x {T} tokens): "
       f"attention share {fl['attention'] / (fl['dense'] + fl['attention']):.1%}")
 print(f"at 40% MFU on an H100 (989 TFLOP/s bf16 dense): "
       f"{(fl['dense'] + fl['attention']) / (0.4 * 989e12) * 1e6:.1f} us per step")
-print(f"lesson 08 done in {time.time() - t_start:.0f} s")
+print(f"lesson 10 done in {time.time() - t_start:.0f} s")

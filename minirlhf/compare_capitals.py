@@ -1,4 +1,4 @@
-"""Lesson 07, experiment 4: SFT, best-of-n, PPO, DPO and IPO on the capitals world, side by side.
+"""Lesson 08, experiment 4: SFT, best-of-n, PPO, DPO and IPO on the capitals world, side by side.
 
 All methods start from the same pi_ref (the SFT checkpoint) and use the same preference data
 (lesson 04's train pairs): PPO and best-of-n through the reward model fitted to them, DPO and
@@ -44,7 +44,7 @@ class CapitalsCompareConfig:
     bon_n: int = 8
     """n of best-of-n (samples from pi_ref = SFT, pick the highest reward-model score)."""
     ppo: ppo_train.PPOConfig = ppo_train.PPOConfig(n_iterations=20, ptx_coef=0.0)   # plain PPO vs plain DPO
-    """PPO run (reduced from lesson 05's default to fit lesson 07's time budget)."""
+    """PPO run (reduced from lesson 05's default to fit lesson 08's time budget)."""
     dpo: dpo_train.DPOConfig = dpo_train.DPOConfig()
     """DPO run (lesson 06's default); IPO uses the same with loss_type="ipo"."""
 

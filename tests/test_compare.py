@@ -1,4 +1,4 @@
-"""Lesson 07's experiments: the frontier property, the best-of-n KL bound, the OOD headline."""
+"""Lesson 08's experiments: the frontier property, the best-of-n KL bound, the OOD headline."""
 
 from functools import partial
 

@@ -1,4 +1,4 @@
-"""Lesson 07's experiments on the exact world: PPO vs DPO vs IPO vs best-of-n, measured exactly.
+"""Lesson 08's experiments on the exact world: PPO vs DPO vs IPO vs best-of-n, measured exactly.
 
 Every run here is a pure function of its PRNG key (and of a traced beta), so many seeds and
 many betas train in ONE compiled call: `jax.jit(jax.vmap(jax.vmap(run, (None, 0)), (0, None)))`

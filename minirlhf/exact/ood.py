@@ -1,4 +1,4 @@
-"""Lesson 07, experiments 2-3 on the exact world: out-of-distribution preference data (Xu et
+"""Lesson 08, experiments 2-3 on the exact world: out-of-distribution preference data (Xu et
 al. 2024) and reward overoptimisation (Gao et al. 2022). Each run is a pure function of its
 PRNG key; the lesson vmaps it over seeds. Helpers (pairs, proxies, trainers) are in compare.py.
 """
