@@ -91,7 +91,7 @@ class DPOConfig:
     """Seeds the batch order."""
 
     def __post_init__(self):
-        check_fields(self, counts=("steps", "batch_size"), positive=("lr",),
+        check_fields(self, counts=("steps", "batch_size"), positive=("lr",), naturals=("seed",),
                      non_negative=("warmup_steps", "weight_decay", "ptx_coef"))
         if self.trainable not in TRAINABLE:
             raise ValueError(f"DPOConfig.trainable: expected one of {TRAINABLE}, got {self.trainable!r}")
@@ -99,9 +99,8 @@ class DPOConfig:
             raise ValueError(f"DPOConfig.warmup_steps: expected <= steps={self.steps}, got {self.warmup_steps}")
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"DPOConfig.loss_type: expected one of {LOSS_TYPES}, got {self.loss_type!r}")
-        if not self.beta > 0:
-            raise ValueError(f"DPOConfig.beta: expected > 0, got {self.beta}")
-        if not 0.0 <= self.label_smoothing < 0.5:
+        check_fields(self, positive=("beta",), unit=("label_smoothing",))
+        if not self.label_smoothing < 0.5:
             raise ValueError(f"DPOConfig.label_smoothing: expected in [0, 0.5), got {self.label_smoothing}")
         if self.loss_type == "ipo" and self.label_smoothing:
             raise ValueError("DPOConfig: label_smoothing (cDPO) applies to loss_type='dpo' only, "

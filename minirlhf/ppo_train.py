@@ -133,10 +133,12 @@ class PPOConfig:
 
     def __post_init__(self):
         check_fields(self, counts=("n_iterations", "batch_size", "prompt_len", "max_new_tokens"),
-                     positive=("lr", "max_grad_norm", "clip_eps", "temperature"),
-                     non_negative=("vf_coef", "ent_coef", "ptx_coef"), unit=("gamma", "lam"))
-        if self.clip_eps_v is not None and not self.clip_eps_v > 0:
-            raise ValueError(f"PPOConfig.clip_eps_v: expected None or > 0, got {self.clip_eps_v}")
+                     positive=("lr", "max_grad_norm", "temperature"), open_unit=("clip_eps",),
+                     non_negative=("vf_coef", "ent_coef", "ptx_coef"), unit=("gamma", "lam"),
+                     naturals=("seed",))
+        # clip_eps in (0, 1): at 1 or more the clip range [1 - eps, 1 + eps] reaches rho <= 0
+        if self.clip_eps_v is not None:
+            check_fields(self, positive=("clip_eps_v",))
         if self.value_model not in VALUE_MODELS:
             raise ValueError(f"PPOConfig.value_model: expected one of {VALUE_MODELS}, got {self.value_model!r}")
         if self.trainable not in TRAINABLE:

@@ -49,7 +49,7 @@ class PretrainConfig:
 
     def __post_init__(self):
         check_fields(self, counts=("steps", "batch_size"), positive=("lr",),
-                     non_negative=("weight_decay",))
+                     non_negative=("weight_decay",), naturals=("seed",))
 
     @classmethod
     def smoke(cls) -> PretrainConfig:

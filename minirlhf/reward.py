@@ -116,7 +116,8 @@ class RewardConfig:
     def __post_init__(self):
         check_fields(self, counts=("steps_head", "steps_full", "batch_responses", "eval_every",
                                    "n_reference_per_prompt"),
-                     positive=("lr_head", "lr_full"), non_negative=("weight_decay",))
+                     positive=("lr_head", "lr_full"), non_negative=("weight_decay",),
+                     naturals=("seed",))
 
     @classmethod
     def smoke(cls) -> RewardConfig:

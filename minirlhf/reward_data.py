@@ -97,7 +97,7 @@ class PreferenceConfig:
 
     def __post_init__(self):
         check_fields(self, counts=("groups_per_prompt", "responses_per_group", "eval_pairs_per_prompt"),
-                     positive=("temperature",))
+                     positive=("temperature",), naturals=("seed",))
         if self.responses_per_group < 2:
             raise ValueError(f"PreferenceConfig.responses_per_group: expected >= 2 (a comparison needs "
                              f"two responses), got {self.responses_per_group}")

@@ -51,7 +51,7 @@ class SFTConfig:
 
     def __post_init__(self):
         check_fields(self, counts=("steps", "demo_repeats", "batch_size"), positive=("lr",),
-                     non_negative=("weight_decay",))
+                     non_negative=("weight_decay",), naturals=("seed",))
 
     @classmethod
     def smoke(cls) -> SFTConfig:

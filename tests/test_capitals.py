@@ -35,7 +35,7 @@ def test_demo_answers_only_ever_name_train_capitals():
 
 
 def test_config_rejects_bad_probabilities():
-    with pytest.raises(ValueError, match="corpus_wrong_fraction: expected a probability"):
+    with pytest.raises(ValueError, match=r"corpus_wrong_fraction: expected in \[0, 1\]"):
         CapitalsConfig(corpus_wrong_fraction=1.5)
     with pytest.raises(ValueError, match="rater_tau: expected > 0"):
         CapitalsConfig(rater_tau=0.0)

@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from minirlhf.bradley_terry import bradley_terry_loss
+from minirlhf.config import check_fields
 from minirlhf.dpo import preference_logratios, preference_losses
 from minirlhf.exact import tabular
 from minirlhf.exact import training as et
@@ -91,6 +92,12 @@ class PrefTrainConfig:
     """Adam steps on the whole (weighted) pair set."""
     learning_rate: float = 0.05
     """Adam step size (linearly annealed to 0)."""
+
+    def __post_init__(self):
+        check_fields(self, counts=("n_steps",), positive=("learning_rate",))
+        if self.loss_type not in ("dpo", "ipo"):
+            raise ValueError(f"PrefTrainConfig.loss_type: expected 'dpo' or 'ipo', "
+                             f"got {self.loss_type!r}")
 
 
 def pair_loss(logp, ref_logp, pairs: et.PreferencePairs, beta, loss_type: str):

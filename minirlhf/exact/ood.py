@@ -13,6 +13,7 @@ import numpy as np
 from flax.training.train_state import TrainState
 
 from minirlhf import ppo
+from minirlhf.config import check_fields
 from minirlhf.exact import tabular
 from minirlhf.exact import training as et
 from minirlhf.exact import world as exact
@@ -51,6 +52,11 @@ class OODConfig:
     """Its step size."""
     online_rounds: int = 3
     """Rounds of online DPO after the offline one: fresh pairs from the current policy."""
+
+    def __post_init__(self):
+        check_fields(self, counts=("n_support", "n_pairs_per_prompt", "sft_steps"),
+                     naturals=("online_rounds",), positive=("beta", "sft_learning_rate"),
+                     non_negative=("l2",))
 
 
 def _mass_outside(logp, seen) -> jax.Array:
@@ -121,6 +127,14 @@ class OveroptConfig:
     """PPO against the proxy with a small KL coefficient (cfg.ppo.beta)."""
     bon_ns: tuple = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
     """Best-of-n against the proxy, exact by enumeration."""
+
+    def __post_init__(self):
+        check_fields(self, counts=("n_pairs_per_prompt",), positive=("rater_temperature",),
+                     non_negative=("l2",))
+        if not self.bon_ns or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+                                  for n in self.bon_ns):
+            raise ValueError(f"OveroptConfig.bon_ns: expected a non-empty tuple of integers "
+                             f">= 1, got {self.bon_ns!r}")
 
 
 def run_ppo_tracked(world: ExactWorld, gold: jax.Array, cfg: et.TabularPPOConfig, key):

@@ -34,6 +34,7 @@ import optax
 from flax.training.train_state import TrainState
 
 from minirlhf import dpo, ppo
+from minirlhf.config import check_fields
 from minirlhf.dpo import preference_logratios, preference_losses
 from minirlhf.exact import tabular
 from minirlhf.exact import world as exact
@@ -89,10 +90,14 @@ class TabularPPOConfig:
     """KL estimator in the shaped reward (k1: the sum is exactly log pi/pi_ref)."""
 
     def __post_init__(self):
-        if self.beta <= 0 or self.kl_kind not in ppo.KL_ESTIMATORS:
-            raise ValueError(f"TabularPPOConfig: need beta > 0 and kl_kind in "
-                             f"{list(ppo.KL_ESTIMATORS)}, got beta={self.beta}, "
-                             f"kl_kind={self.kl_kind!r}")
+        check_fields(self, counts=("n_iterations", "batch_size"),
+                     positive=("beta", "learning_rate"), open_unit=("clip_eps",),
+                     non_negative=("vf_coef",), unit=("gamma", "lam"))
+        if self.clip_eps_v is not None:
+            check_fields(self, positive=("clip_eps_v",))
+        if self.kl_kind not in ppo.KL_ESTIMATORS:
+            raise ValueError(f"TabularPPOConfig.kl_kind: expected one of "
+                             f"{list(ppo.KL_ESTIMATORS)}, got {self.kl_kind!r}")
         if self.batch_size % self.update.n_minibatches != 0:
             raise ValueError(f"TabularPPOConfig: batch_size={self.batch_size} is not divisible "
                              f"by update.n_minibatches={self.update.n_minibatches}")
@@ -196,9 +201,13 @@ class TabularDPOConfig:
         if self.loss_type not in ("dpo", "ipo"):
             raise ValueError(f"TabularDPOConfig.loss_type: expected 'dpo' or 'ipo', "
                              f"got {self.loss_type!r}")
-        if self.beta <= 0 or not 0.0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"TabularDPOConfig: need beta > 0 and 0 <= label_smoothing < 0.5, "
-                             f"got beta={self.beta}, label_smoothing={self.label_smoothing}")
+        check_fields(self, counts=("n_pairs_per_prompt", "n_steps"),
+                     positive=("beta", "learning_rate"), unit=("label_smoothing",))
+        if self.batch_size is not None:
+            check_fields(self, counts=("batch_size",))
+        if not self.label_smoothing < 0.5:
+            raise ValueError(f"TabularDPOConfig.label_smoothing: expected in [0, 0.5), "
+                             f"got {self.label_smoothing}")
 
 
 class PreferencePairs(NamedTuple):

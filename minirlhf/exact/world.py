@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from minirlhf.config import check_fields
+
 
 @dataclass(frozen=True)
 class ExactWorldConfig:
@@ -48,6 +50,14 @@ class ExactWorldConfig:
     """Std of the reference policy's random next-token logits."""
     ref_target_penalty: float = 1.0
     """Subtracted from the reference logit of the target's next symbol (mediocre pi_ref)."""
+
+    def __post_init__(self):
+        check_fields(self, counts=("n_prompts", "alphabet_size", "length"), naturals=("seed",),
+                     non_negative=("noise_scale", "ref_logit_scale"),
+                     finite=("ref_target_penalty",))
+        if self.alphabet_size < 2:
+            raise ValueError(f"ExactWorldConfig.alphabet_size: expected an integer >= 2, "
+                             f"got {self.alphabet_size}")
 
 
 class ExactWorld(NamedTuple):

@@ -36,6 +36,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from minirlhf.config import check_fields
+
 # ----------------------------------------------------------------------------- facts
 
 # country -> (capital, the neighbour whose capital the "web" most often confuses it with)
@@ -117,14 +119,10 @@ class CapitalsConfig:
     """Temperature of the simulated rater: P(y1 > y2) = sigmoid((r*(y1) - r*(y2)) / tau)."""
 
     def __post_init__(self):
-        for name in ("corpus_wrong_fraction", "confuser_fraction", "qa_fraction",
-                     "qa_ramble_fraction", "sft_wrong_fraction", "sft_ramble_fraction"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"CapitalsConfig.{name}: expected a probability in [0, 1], "
-                                 f"got {value}")
-        if self.rater_tau <= 0:
-            raise ValueError(f"CapitalsConfig.rater_tau: expected > 0, got {self.rater_tau}")
+        check_fields(self, naturals=("seed",), counts=("n_corpus_docs", "n_demos_per_country"),
+                     unit=("corpus_wrong_fraction", "confuser_fraction", "qa_fraction",
+                           "qa_ramble_fraction", "sft_wrong_fraction", "sft_ramble_fraction"),
+                     positive=("rater_tau",))
 
 
 # ----------------------------------------------------------------------------- prompts
