@@ -1,4 +1,4 @@
-"""Where runtime artifacts and figures go, and the lessons' command line.
+"""Where runtime artifacts and figures go, how they are written, and the lessons' command line.
 
     runs_dir(smoke=False)     <repo>/runs           checkpoints, tokenizer.json, JSONL
     runs_dir(smoke=True)      <repo>/runs/smoke     the same for --smoke runs (tests)
@@ -7,13 +7,34 @@
 
 The environment variable MINIRLHF_RUNS replaces <repo>/runs as the root.  Every
 directory is created on demand.
+
+Artifacts are keyed by what made them, so that no run overwrites another's:
+
+    artifact_path(smoke, "base.ckpt")                 runs[/smoke]/base.ckpt        (the course: seed 0)
+    artifact_path(smoke, "base.ckpt", seed=1)         runs[/smoke]/seed1/base.ckpt
+    artifact_path(smoke, "reward.ckpt", tag="3fa2c1") runs[/smoke]/reward-3fa2c1.ckpt (e.g. another
+                                                      preference file; `tag` = digest of its input)
+
+Each checkpoint also records its recipe, `meta["made_by"]`: the stage, its config and the
+digests (`file_digest`) of the files it was built from.  A stage's `ensure_*` loads an artifact
+only when the recorded recipe equals the one it would use (`same_recipe`), and rebuilds it
+otherwise; `build_lock` makes a second process that wants the same missing artifact wait for the
+first and then load it.  Every write is atomic (`atomic_write`: a unique temp file in the same
+directory, fsync, rename, fsync of the directory): a killed run leaves the old file or the new
+one, and two processes writing one path both succeed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +57,79 @@ def figures_dir(smoke: bool) -> Path:
     """<repo>/figures, or <runs root>/smoke/figures in smoke mode."""
     path = runs_dir(True) / "figures" if smoke else REPO_ROOT / "figures"
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def artifact_path(smoke: bool, filename: str, seed: int = 0, tag: str | None = None) -> Path:
+    """runs[/smoke]/[seed{seed}/]filename, with "-{tag}" before the suffix when tagged (see the
+    module docstring): seed 0 without a tag is the course's own path."""
+    directory = runs_dir(smoke) / f"seed{seed}" if seed else runs_dir(smoke)
+    name = Path(filename)
+    if tag:
+        name = name.with_name(f"{name.stem}-{tag}{name.suffix}")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / name
+
+
+def file_digest(path, n_hex: int = 12) -> str:
+    """The first n_hex hex digits of the SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:n_hex]
+
+
+def recipe(stage: str, config=None, **inputs) -> dict:
+    """What makes an artifact, as plain JSON: {"stage", "config" (a dataclass as a dict), and the
+    keyword `inputs` (seeds, file digests)}.  Tuples become lists, as they do in a checkpoint's
+    JSON meta, so a recipe read back compares equal to the one computed."""
+    doc = {"stage": stage, "config": dataclasses.asdict(config) if config is not None else None,
+           **inputs}
+    return json.loads(json.dumps(doc, sort_keys=True))
+
+
+def same_recipe(meta: dict, want: dict) -> bool:
+    """Was the artifact whose meta is `meta` made by the recipe `want`?"""
+    return isinstance(meta, dict) and meta.get("made_by") == want
+
+
+@contextlib.contextmanager
+def build_lock(path):
+    """Hold an exclusive lock on `<dir>/.<name>.lock` while the artifact `path` is checked and, if
+    needed, built: a second process asking for the same artifact waits, then finds it built."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def atomic_write(path, data: bytes) -> Path:
+    """Write `data` to `path` so that readers see the old file or the whole new one: a unique temp
+    file (mkstemp, so concurrent writers never share it) in the same directory, fsync, os.replace,
+    then fsync of the directory (so the rename itself survives a power cut)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
     return path
 
 

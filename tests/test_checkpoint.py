@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from minirlhf import checkpoint, model
+from minirlhf import checkpoint, model, paths
 from minirlhf.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from minirlhf.model import GPTConfig
 
@@ -69,7 +69,7 @@ def test_final_file_appears_only_complete(tmp_path, monkeypatch):
         seen.append(load_checkpoint(src)[2])
         real_replace(src, dst)
 
-    monkeypatch.setattr(checkpoint.os, "replace", checking_replace)
+    monkeypatch.setattr(paths.os, "replace", checking_replace)
     save_checkpoint(path, make_tree(2), CFG, {"v": 2})
     assert seen == [{"v": 2}] and load_checkpoint(path)[2] == {"v": 2}
 
@@ -80,7 +80,7 @@ def test_crash_before_rename_keeps_old_checkpoint(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("killed before rename")
 
-    monkeypatch.setattr(checkpoint.os, "replace", crash)
+    monkeypatch.setattr(paths.os, "replace", crash)
     with pytest.raises(OSError, match="killed"):
         save_checkpoint(path, make_tree(4), CFG, {"v": "new"})
     loaded, cfg, meta = load_checkpoint(path)
@@ -177,3 +177,117 @@ def test_bad_meta_and_bad_config_values_raise_naming_the_file(tmp_path):
     _rewrite(path, config={**doc["config"], "n_head": 3})      # 32 % 3 != 0
     with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: invalid config"):
         load_checkpoint(path)
+
+
+# ----------------------------------------------------------------------------- concurrent writers
+
+
+def test_concurrent_saves_to_one_path_all_succeed(tmp_path):
+    """Writers in threads saving one path: each uses its own temp file, so no rename finds its
+    temp file gone; the final file is one writer's whole checkpoint and no temp file is left."""
+    import threading
+
+    path, errors = tmp_path / "shared.ckpt", []
+    trees = [make_tree(20 + i) for i in range(4)]
+
+    def writer(i):
+        try:
+            for _ in range(10):
+                save_checkpoint(path, trees[i], CFG, {"writer": i})
+        except Exception as e:   # noqa: BLE001 (collected and asserted below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    loaded, _, meta = load_checkpoint(path)
+    assert_trees_equal(loaded, trees[meta["writer"]])
+    assert [p.name for p in tmp_path.iterdir()] == ["shared.ckpt"]
+
+
+def test_two_processes_writing_one_path_both_succeed(tmp_path):
+    """`paths.atomic_write` from two separate Python processes, 200 writes each."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "atomic.ckpt"
+    code = ("import sys; from minirlhf.paths import atomic_write\n"
+            "for i in range(200): atomic_write(sys.argv[1], sys.argv[2].encode() * 1000)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(target), tag],
+                              stderr=subprocess.PIPE) for tag in ("a", "b")]
+    results = [(p.wait(timeout=120), p.stderr.read().decode()) for p in procs]
+    assert results == [(0, ""), (0, "")]
+    assert target.read_bytes() in (b"a" * 1000, b"b" * 1000)
+    assert [p.name for p in tmp_path.iterdir()] == ["atomic.ckpt"]
+
+
+def test_save_fsyncs_the_file_and_then_its_directory(tmp_path, monkeypatch):
+    import stat
+
+    kinds = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        kinds.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(paths.os, "fsync", recording_fsync)
+    save_checkpoint(tmp_path / "ckpt.msgpack", make_tree(13), CFG)
+    assert kinds == ["file", "dir"]
+
+
+# ----------------------------------------------------------------------------- weights checked at load
+
+
+def _rewrite_leaf(path, keys, value):
+    doc = serialization.msgpack_restore(path.read_bytes())
+    node = doc["params"]
+    for k in keys[:-1]:
+        node = node[k]
+    node[keys[-1]] = value
+    path.write_bytes(serialization.msgpack_serialize(doc))
+
+
+@pytest.mark.parametrize("keys, value, message", [
+    (("head", "w"), np.full(CFG.d_model, np.nan, np.float32), r"\['head'\]\['w'\] has 32 non-finite"),
+    (("head", "b"), np.float32(np.inf), r"\['head'\]\['b'\] has 1 non-finite"),
+    (("backbone", "ln_f", "g"), np.array([1.0] * 31 + [np.nan], np.float32),
+     r"\['backbone'\]\['ln_f'\]\['g'\] has 1 non-finite"),
+    (("backbone", "wte"), np.zeros((CFG.vocab_size, CFG.d_model), np.float16),
+     r"\['wte'\] has dtype float16, expected float32"),
+    (("head", "w"), "not an array", r"\['head'\]\['w'\] is str, expected a numeric array"),
+])
+def test_non_finite_or_wrongly_typed_weights_raise_naming_file_and_leaf(tmp_path, keys, value, message):
+    path = save_checkpoint(tmp_path / "ckpt.msgpack", make_tree(14), CFG)
+    _rewrite_leaf(path, keys, value)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: parameter .*{message}"):
+        load_checkpoint(path)
+
+
+# ----------------------------------------------------------------------------- ensure_checkpoint
+
+
+def test_ensure_checkpoint_builds_loads_and_rebuilds_on_another_recipe(tmp_path):
+    path, builds = tmp_path / "stage.ckpt", []
+
+    def build(seed):
+        def run():
+            builds.append(seed)
+            return make_tree(seed), CFG, {"stage": "test"}
+        return run
+
+    recipe0, recipe1 = paths.recipe("test", seed=0), paths.recipe("test", seed=1)
+    params, _, meta = checkpoint.ensure_checkpoint(path, recipe0, build(0), "test")
+    assert builds == [0] and meta["made_by"] == recipe0
+    assert_trees_equal(params, make_tree(0))
+    checkpoint.ensure_checkpoint(path, recipe0, build(0), "test")          # same recipe: loaded
+    assert builds == [0]
+    params, _, meta = checkpoint.ensure_checkpoint(path, recipe1, build(1), "test")
+    assert builds == [0, 1] and meta["made_by"] == recipe1                 # another recipe: rebuilt
+    assert_trees_equal(params, make_tree(1))
+    save_checkpoint(path, make_tree(2), CFG, {"stage": "test"})             # no recipe recorded
+    checkpoint.ensure_checkpoint(path, recipe1, build(1), "test")
+    assert builds == [0, 1, 1]
