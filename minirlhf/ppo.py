@@ -201,16 +201,27 @@ def policy_loss(new_logps, old_logps, advantages, mask, clip_eps: float):
     new_logps, old_logps, advantages, mask: [B, T].
     Returns (loss, metrics): policy/approxkl (k3 of the ratio, masked mean),
     policy/clipfrac (fraction of tokens with |rho - 1| > eps), policy/loss.
+
+    Safe where it must be: the max picks the unclipped term -A rho exactly when rho lies on the
+    side of the clip range that A does not push past (A > 0: log rho <= log(1 + eps); A < 0:
+    log rho >= log(1 - eps)); elsewhere the term is the constant -A (1 +- eps).  rho is only
+    exponentiated where it is used, so a log-ratio past float32's exp range (~88.7), an
+    advantage of 0, or NaN/inf at masked positions give a finite loss and an exact zero gradient
+    there (a plain `where` would pass 0 * inf = NaN back through the unused branch).
     """
-    logratio = jnp.where(mask > 0, new_logps - old_logps, 0.0)  # [B, T]
-    ratio = jnp.exp(logratio)
-    pg_loss1 = -advantages * ratio
-    pg_loss2 = -advantages * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    pg_loss = masked_mean(jnp.maximum(pg_loss1, pg_loss2), mask)  # eq. 7
-    approx_kl = masked_mean((ratio - 1.0) - logratio, mask)  # k3 of pi_old / pi_theta
+    valid = mask > 0
+    logratio = jnp.where(valid, new_logps - old_logps, 0.0)  # [B, T]
+    adv = jnp.where(valid, advantages, 0.0)  # [B, T]
+    unclipped = jnp.where(adv > 0, ~(logratio > jnp.log1p(clip_eps)),   # a NaN stays visible
+                          (adv < 0) & ~(logratio < jnp.log1p(-clip_eps)))  # [B, T]
+    ratio_used = jnp.exp(jnp.where(unclipped, logratio, 0.0))  # rho where used, else 1
+    pg_loss1 = -adv * ratio_used
+    pg_loss2 = -adv * jnp.where(adv > 0, 1.0 + clip_eps, 1.0 - clip_eps)
+    pg_loss = masked_mean(jnp.where(unclipped, pg_loss1, pg_loss2), mask)  # eq. 7
+    ratio = jnp.exp(jax.lax.stop_gradient(logratio))  # the metrics only
+    approx_kl = masked_mean((ratio - 1.0) - jax.lax.stop_gradient(logratio), mask)  # k3
     clipfrac = masked_mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32), mask)
-    metrics = {"policy/loss": pg_loss, "policy/approxkl": jax.lax.stop_gradient(approx_kl),
-               "policy/clipfrac": clipfrac}
+    metrics = {"policy/loss": pg_loss, "policy/approxkl": approx_kl, "policy/clipfrac": clipfrac}
     return pg_loss, metrics
 
 
@@ -222,7 +233,12 @@ def value_loss(new_values, old_values, returns, mask, clip_eps_v: float | None):
 
     clip_eps_v=None gives the plain 0.5 * masked_mean((V - R)^2).
     All arrays [B, T]. Returns (loss, metrics): value/loss, value/clipfrac.
+    Masked positions are zeroed before any arithmetic, so whatever they hold (even NaN or inf)
+    their gradient is exactly 0.
     """
+    valid = mask > 0
+    new_values, old_values, returns = (jnp.where(valid, x, 0.0)
+                                       for x in (new_values, old_values, returns))  # [B, T]
     v_loss_unclipped = (new_values - returns) ** 2
     if clip_eps_v is None:
         v_loss, clipfrac = 0.5 * masked_mean(v_loss_unclipped, mask), jnp.zeros(())
