@@ -1,0 +1,101 @@
+"""Tokens per second of the KV-cache sampler (`minirlhf.sampling.generate`).
+
+    python benchmarks/bench_sampler.py                 # B = 32 and 64, 48 new tokens
+    python benchmarks/bench_sampler.py --batch 32 --repeats 10
+
+The shape every lesson samples at: the default 4x128 GPT (GPTConfig()), a 16-token prompt,
+48 new tokens, float32, temperature 1.  A row that samples <eos> keeps running (static shapes),
+so every call computes B * 48 decode steps, whatever is sampled.
+Compile time (first call minus a steady call) is printed separately from the steady rate:
+tokens/s = B * 48 / (median seconds of one call, after the first).  The reference shape for
+PyTorch is a GPT2LMHeadModel of the same size with `generate(do_sample=True,
+max_new_tokens=48, min_new_tokens=48)`; `--torch` times it too when torch and transformers are
+importable (install them in a separate environment; the package never needs them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from minirlhf.model import GPTConfig, init_params
+from minirlhf.sampling import generate
+
+PROMPT, NEW = 16, 48
+
+
+def bench_jax(batch: int, repeats: int) -> dict:
+    cfg = GPTConfig()
+    params = init_params(jax.random.PRNGKey(0), cfg)
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (batch, PROMPT), 3, cfg.vocab_size)
+    mask = jnp.ones_like(tokens)
+
+    def call(i):
+        gen = generate(params, tokens, mask, jax.random.PRNGKey(i), cfg=cfg, max_new_tokens=NEW)
+        return jax.block_until_ready(gen)
+
+    start = time.perf_counter()
+    call(0)
+    first_s = time.perf_counter() - start
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        gen = call(i + 1)
+        times.append(time.perf_counter() - start)
+    steady = statistics.median(times)
+    return {"batch": batch, "compile_s": first_s - steady, "steady_s": steady,
+            "tokens_per_s": batch * NEW / steady, "response_tokens": int(gen.response_mask.sum())}
+
+
+def bench_torch(batch: int, repeats: int) -> dict:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPTConfig()
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.max_len,
+                                       n_embd=cfg.d_model, n_layer=cfg.n_layer,
+                                       n_head=cfg.n_head)).eval()
+    tokens = torch.randint(3, cfg.vocab_size, (batch, PROMPT))
+    mask = torch.ones_like(tokens)
+
+    def call():
+        with torch.no_grad():
+            return model.generate(tokens, attention_mask=mask, do_sample=True, max_new_tokens=NEW,
+                                  min_new_tokens=NEW, pad_token_id=0)
+
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    steady = statistics.median(times)
+    return {"batch": batch, "steady_s": steady, "tokens_per_s": batch * NEW / steady,
+            "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, nargs="*", default=[32, 64])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--torch", action="store_true", help="time transformers' generate instead")
+    args = ap.parse_args()
+    for batch in args.batch:
+        if args.torch:
+            r = bench_torch(batch, args.repeats)
+            print(f"torch generate  B={batch:<3} {r['tokens_per_s']:8.0f} tokens/s  "
+                  f"({r['steady_s'] * 1e3:.1f} ms/call, {r['threads']} threads)", flush=True)
+        else:
+            r = bench_jax(batch, args.repeats)
+            print(f"minirlhf generate  B={batch:<3} {r['tokens_per_s']:8.0f} tokens/s  "
+                  f"({r['steady_s'] * 1e3:.1f} ms/call; compile {r['compile_s']:.2f} s; "
+                  f"{r['response_tokens']} response tokens)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
