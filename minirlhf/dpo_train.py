@@ -34,21 +34,22 @@ import jax.numpy as jnp
 import numpy as np
 from tokenizers import Tokenizer
 
-from minirlhf.checkpoint import load_checkpoint, save_checkpoint
+from minirlhf.checkpoint import ensure_checkpoint, save_checkpoint
 from minirlhf.config import check_fields
 from minirlhf.data import read_preferences
 from minirlhf.dpo import LOSS_TYPES, preference_loss
 from minirlhf.model import GPTConfig, sequence_logprobs
-from minirlhf.paths import runs_dir
+from minirlhf.paths import artifact_path, file_digest, recipe
 from minirlhf.pretrain import SEQ_LEN, corpus_arrays, ensure_tokenizer, ptx_loss, with_ptx_rows
-from minirlhf.reward_data import encode_responses, ensure_preferences, needed_length
+from minirlhf.reward_data import check_fits, encode_responses, ensure_preferences
 from minirlhf.sampling import Generation
-from minirlhf.sft import ensure_sft_model
+from minirlhf.sft import ensure_sft_model, sft_model_path
 from minirlhf.tokenizer import unique_rows
 from minirlhf.training import (
     TRAINABLE,
     Progress,
     batches,
+    check_finite,
     freeze_updates,
     gpt_labels,
     init_train_state,
@@ -223,6 +224,7 @@ def train_dpo(params, arrays: dict, cfg: GPTConfig, dcfg: DPOConfig, quiet: bool
         state, metrics = step_fn(state, batch)
         for k, v in metrics.items():
             history.setdefault(k, []).append(float(v))
+        check_finite(f"dpo/{dcfg.loss_type}", i, history["loss"][-1])
         progress(i, {k: metrics[k] for k in ("loss", "rewards/margins", "rewards/accuracies")})
     return state.params, {k: np.array(v) for k, v in history.items()}
 
@@ -233,7 +235,8 @@ def evaluate_pairs(params, arrays: dict, cfg: GPTConfig, dcfg: DPOConfig) -> dic
     policy_chosen_logps, policy_rejected_logps = pair_logps(params, arrays, cfg)
     _, metrics = preference_loss(jnp.asarray(policy_chosen_logps), jnp.asarray(policy_rejected_logps),
                                  jnp.asarray(arrays["reference_chosen_logps"]),
-                                 jnp.asarray(arrays["reference_rejected_logps"]), dcfg)
+                                 jnp.asarray(arrays["reference_rejected_logps"]),
+                                 dcfg.beta, dcfg.loss_type, dcfg.label_smoothing)
     return {k: float(v) for k, v in metrics.items()}
 
 
@@ -269,33 +272,48 @@ def load_pair_arrays(tok: Tokenizer, path, cfg: GPTConfig) -> dict:
     """A preference JSONL file -> `encode_pairs` arrays, as wide as the longest pair needs
     (at least SEQ_LEN, at most cfg.max_len)."""
     records = read_preferences(path)
-    width = max(SEQ_LEN, needed_length(tok, records, source=str(path)))
-    if width > cfg.max_len:
-        raise ValueError(f"{path}: a pair needs {width} tokens > GPTConfig.max_len={cfg.max_len}")
-    return encode_pairs(tok, records, width)
+    width = max(SEQ_LEN, check_fits(tok, records, cfg.max_len, source=str(path)))
+    return encode_pairs(tok, records, min(width, cfg.max_len))
 
 
-def build_dpo_policy(smoke: bool, dcfg: DPOConfig | None = None, quiet: bool = False):
+def dpo_recipe(smoke: bool, dcfg: DPOConfig, train_prefs) -> dict:
+    """What makes a DPO policy: this config, pi_ref (the SFT model of dcfg.seed) and the train
+    preference file (paths.recipe)."""
+    return recipe("dpo", dcfg, sft=file_digest(sft_model_path(smoke, dcfg.seed)),
+                  preferences=file_digest(train_prefs))
+
+
+def save_dpo_policy(smoke: bool, dcfg: DPOConfig, params, cfg: GPTConfig, history: dict, train_prefs):
+    """Save a DPO run of `dcfg` on `train_prefs` to runs[/smoke]/[seed{seed}/]dpo.ckpt, with its recipe."""
+    return save_checkpoint(artifact_path(smoke, "dpo.ckpt", dcfg.seed), params, cfg,
+                           {"stage": "dpo", "config": dataclasses.asdict(dcfg),
+                            "final_margin": float(history["rewards/margins"][-1]),
+                            "made_by": dpo_recipe(smoke, dcfg, train_prefs)})
+
+
+def build_dpo_policy(smoke: bool, dcfg: DPOConfig | None = None, quiet: bool = False, seed: int = 0):
     """Lesson 06's stage without the plots: pi_ref = SFT, the train preference pairs with cached
-    reference log-probs, DPO, save runs[/smoke]/dpo.ckpt.  -> (params, cfg, history)."""
-    dcfg = dcfg or (DPOConfig.smoke() if smoke else DPOConfig())
-    tok, (ref_params, cfg) = ensure_tokenizer(smoke), ensure_sft_model(smoke)
-    arrays = with_reference_logps(load_pair_arrays(tok, ensure_preferences(smoke)["train"], cfg),
+    reference log-probs, DPO.  -> (params, cfg, history)."""
+    dcfg = dcfg or dataclasses.replace(DPOConfig.smoke() if smoke else DPOConfig(), seed=seed)
+    tok, (ref_params, cfg) = ensure_tokenizer(smoke), ensure_sft_model(smoke, dcfg.seed)
+    arrays = with_reference_logps(load_pair_arrays(tok, ensure_preferences(smoke, dcfg.seed)["train"], cfg),
                                   ref_params, cfg)
     ptx = corpus_arrays(tok) if dcfg.ptx_coef > 0 else None
     params, history = train_dpo(ref_params, arrays, cfg, dcfg, quiet=quiet, ptx=ptx)
-    save_checkpoint(runs_dir(smoke) / "dpo.ckpt", params, cfg,
-                    {"stage": "dpo", "config": dataclasses.asdict(dcfg),
-                     "final_margin": float(history["rewards/margins"][-1])})
     return params, cfg, history
 
 
-def ensure_dpo_policy(smoke: bool):
-    """The DPO policy from runs[/smoke]/dpo.ckpt, trained (lesson 06's stage) when missing
-    -> (params, GPTConfig)."""
-    path = runs_dir(smoke) / "dpo.ckpt"
-    if not path.exists():
-        print(f"[dpo] {path} missing: training the DPO policy (lesson 06's stage)")
-        build_dpo_policy(smoke)
-    params, cfg, _ = load_checkpoint(path)
+def ensure_dpo_policy(smoke: bool, seed: int = 0):
+    """The DPO policy of `seed` from runs[/smoke]/[seed{seed}/]dpo.ckpt, trained (lesson 06's
+    stage) when missing or made by another recipe -> (params, GPTConfig)."""
+    dcfg = dataclasses.replace(DPOConfig.smoke() if smoke else DPOConfig(), seed=seed)
+    train_prefs = ensure_preferences(smoke, seed)["train"]
+
+    def build():
+        params, cfg, history = build_dpo_policy(smoke, dcfg)
+        return params, cfg, {"stage": "dpo", "config": dataclasses.asdict(dcfg),
+                             "final_margin": float(history["rewards/margins"][-1])}
+
+    params, cfg, _ = ensure_checkpoint(artifact_path(smoke, "dpo.ckpt", seed),
+                                       dpo_recipe(smoke, dcfg, train_prefs), build, "dpo")
     return params, cfg
