@@ -5,7 +5,7 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: lessons test smoke bench clean
+.PHONY: lessons test smoke bench book clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,12 @@ lessons: $(STAMP)
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	MPLBACKEND=Agg $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+## The course as a static book: every lesson executed as a notebook, one page each, with its
+## output and figures in place -> runs/book/index.html (works offline).  SMOKE=1 builds from the
+## --smoke runs instead (seconds per lesson) -> runs/smoke/book/index.html.
+book: $(STAMP)
+	$(BIN)/python tools/build_book.py $(if $(SMOKE),--smoke)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_model.py
