@@ -39,6 +39,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUNS_ENV_VAR = "MINIRLHF_RUNS"
+SMOKE_ENV_VAR = "MINIRLHF_SMOKE"     # =1: the lessons default to --smoke (notebooks have no flags)
 
 
 def runs_root() -> Path:
@@ -151,10 +152,12 @@ def lesson_args(argv: list[str] | None = None, extra: tuple = ()) -> argparse.Na
     A misspelt flag is an error (a typo must not silently start the full run).  The one
     exception is a Jupyter kernel, which passes flags of its own: `-f <connection file>` is
     accepted always, and inside a kernel unknown flags are ignored, so the lessons also run
-    as notebooks."""
+    as notebooks.  A notebook has no command line: the environment variable MINIRLHF_SMOKE=1
+    (e.g. `MINIRLHF_SMOKE=1 jupyter lab`) makes --smoke the default."""
     parser = argparse.ArgumentParser(description="Run a minirlhf lesson top to bottom.")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny configuration that finishes in seconds (used by tests)")
+    parser.add_argument("--smoke", action="store_true", default=os.environ.get(SMOKE_ENV_VAR) == "1",
+                        help="tiny configuration that finishes in seconds (used by tests); "
+                             f"the default when {SMOKE_ENV_VAR}=1")
     parser.add_argument("--seed", type=seed_arg, default=0, help="seed of every random choice")
     for flag, kwargs in extra:
         parser.add_argument(flag, **kwargs)

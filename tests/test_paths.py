@@ -22,6 +22,15 @@ def test_lesson_args():
     assert not args.smoke and args.seed == 0
 
 
+def test_minirlhf_smoke_env_var_makes_smoke_the_default(monkeypatch):
+    monkeypatch.setenv("MINIRLHF_SMOKE", "1")
+    assert paths.lesson_args([]).smoke
+    monkeypatch.setenv("MINIRLHF_SMOKE", "0")
+    assert not paths.lesson_args([]).smoke
+    monkeypatch.delenv("MINIRLHF_SMOKE")
+    assert not paths.lesson_args([]).smoke
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--smoek"], "unrecognized arguments: --smoek"),
     (["--seed", "-1"], "expected a non-negative integer, got -1"),
