@@ -11,9 +11,9 @@ And: the test run compiles with XLA's CPU backend optimisation level 0
 (XLA_FLAGS=--xla_backend_optimization_level=0, appended for every process of the run).  A cold
 test run is mostly XLA compilation of small programs (with a warm cache the suite takes a
 quarter of the time), and LLVM's optimisation passes are most of each compilation: level 0
-halves the compile time (the 4-device worker of test_distributed: 105 -> 52 CPU-seconds) while
-the tests' tiny models run barely slower (same session, cold cache, pytest -n 2: 9 min 14 s at
-the default level, 6 min 50 s at level 0).  The graph-level (HLO) passes and every tolerance are
+halves the compile time while the tests' tiny models run barely slower (on the 2-core CPU with
+a cold cache: the 4-device worker of test_distributed takes 52 CPU-seconds instead of 105, and
+pytest -n 2 6 min 50 s instead of 9 min 14 s).  The graph-level (HLO) passes and every tolerance are
 unchanged; float32 results may differ in the last bits from the default level's, so no test
 compares two separately compiled programs bit for bit.  A level already in XLA_FLAGS wins.  The
 lessons and benchmarks (`make lessons`, `benchmarks/`) compile at the default level, where run

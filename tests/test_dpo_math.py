@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minirlhf.dpo import dpo_loss, ipo_loss, preference_logratios
+from minirlhf.dpo import dpo_loss, ipo_loss, preference_logratios, preference_losses
 from minirlhf.exact import tabular
 from minirlhf.exact import world as exact
 
@@ -22,11 +22,27 @@ def _random_logps(seed, B=6):
     return [jnp.asarray(-rng.uniform(1.0, 10.0, size=B)) for _ in range(4)]
 
 
-def test_logratios_and_h():
+def test_logratios_and_h_from_token_level_tables():
+    """From per-token log-prob tables of both models and a response mask: the log-ratio of one
+    response is sum over its tokens of (log pi_theta(y_t) - log pi_ref(y_t)), accumulated token by
+    token in a float64 loop; h is the chosen one minus the rejected one."""
+    rng = np.random.default_rng(0)
+    B, T = 5, 7
+    tables = {name: -rng.uniform(0.05, 3.0, size=(B, T)) for name in ("pc", "pr", "rc", "rr")}
+    masks = {side: (rng.uniform(size=(B, T)) < 0.7).astype(np.float64) for side in ("c", "r")}
+    summed = {name: jnp.asarray((t * masks[name[1]]).sum(-1), jnp.float32) for name, t in tables.items()}
+    ratios = preference_logratios(summed["pc"], summed["pr"], summed["rc"], summed["rr"])
+    for i in range(B):
+        chosen = rejected = 0.0
+        for t in range(T):
+            if masks["c"][i, t]:
+                chosen += tables["pc"][i, t] - tables["rc"][i, t]
+            if masks["r"][i, t]:
+                rejected += tables["pr"][i, t] - tables["rr"][i, t]
+        np.testing.assert_allclose(ratios.chosen_logratios[i], chosen, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(ratios.rejected_logratios[i], rejected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(ratios.h[i], chosen - rejected, rtol=1e-5, atol=1e-5)
     pc, pr, rc, rr = _random_logps(0)
-    ratios = preference_logratios(pc, pr, rc, rr)
-    np.testing.assert_allclose(ratios.chosen_logratios, pc - rc, rtol=1e-6)
-    np.testing.assert_allclose(ratios.h, (pc - rc) - (pr - rr), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="four log-prob arrays"):
         preference_logratios(pc, pr[:3], rc, rr)
 
@@ -56,16 +72,45 @@ def test_dpo_value_metrics_and_gradient_closed_form():
     np.testing.assert_allclose(g_r, +beta * _sigmoid(-beta * h) / B, rtol=1e-4, atol=1e-8)
 
 
-def test_label_smoothing_zero_equals_dpo_and_matches_cdpo_formula():
+def test_label_smoothing_zero_is_plain_dpo_and_cdpo_matches_its_formula():
     pc, pr, rc, rr = _random_logps(3)
-    beta, eps = 0.5, 0.2
-    base, _ = dpo_loss(pc, pr, rc, rr, beta)
-    zero, _ = dpo_loss(pc, pr, rc, rr, beta, label_smoothing=0.0)
-    assert base == zero
+    beta, eps, B = 0.5, 0.2, 6
     h = np.asarray((pc - rc) - (pr - rr), np.float64)
+    plain = np.mean([-np.log(_sigmoid(beta * hi)) for hi in h])          # eq. 7, pair by pair
+    for kwargs in ({}, {"label_smoothing": 0.0}):                       # default and explicit eps = 0
+        loss, _ = dpo_loss(pc, pr, rc, rr, beta, **kwargs)
+        np.testing.assert_allclose(loss, plain, rtol=1e-5)
     smoothed, _ = dpo_loss(pc, pr, rc, rr, beta, label_smoothing=eps)
     expected = np.mean(-(1 - eps) * np.log(_sigmoid(beta * h)) - eps * np.log(_sigmoid(-beta * h)))
     np.testing.assert_allclose(smoothed, expected, rtol=1e-5)
+    assert abs(expected - plain) > 1e-3                                  # eps changes the loss
+    # d/d log pi(y_w) = -beta [(1 - eps) sigma(-beta h) - eps sigma(beta h)] / B (cDPO, Mitchell 2023)
+    g_c = jax.grad(lambda a: dpo_loss(a, pr, rc, rr, beta, label_smoothing=eps)[0])(pc)
+    np.testing.assert_allclose(
+        g_c, -beta * ((1 - eps) * _sigmoid(-beta * h) - eps * _sigmoid(beta * h)) / B,
+        rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("loss_type, eps", [("dpo", 0.0), ("dpo", 0.3), ("ipo", 0.0)])
+def test_preference_losses_per_pair_value_and_gradient(loss_type, eps):
+    """One loss per pair from h, each variant against its equation in float64, and d l_i / d h_i
+    against the derivative written out (the Jacobian is diagonal: pair i's loss depends on h_i only)."""
+    h = jnp.asarray(np.random.default_rng(5).normal(0.0, 3.0, size=7), jnp.float32)
+    beta = 0.4
+    losses = preference_losses(h, beta, loss_type, label_smoothing=eps)
+    jac = jax.jacobian(lambda x: preference_losses(x, beta, loss_type, label_smoothing=eps))(h)
+    assert losses.shape == (7,)
+    np.testing.assert_allclose(jac, np.diag(np.diag(jac)), atol=0)
+    for i, hi in enumerate(np.asarray(h, np.float64)):
+        if loss_type == "ipo":
+            value, slope = (hi - 1 / (2 * beta)) ** 2, 2 * (hi - 1 / (2 * beta))     # Azar eq. 17
+        else:
+            value = -(1 - eps) * np.log(_sigmoid(beta * hi)) - eps * np.log(_sigmoid(-beta * hi))
+            slope = -beta * ((1 - eps) * _sigmoid(-beta * hi) - eps * _sigmoid(beta * hi))
+        np.testing.assert_allclose(losses[i], value, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(jac[i, i], slope, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="loss_type"):
+        preference_losses(h, beta, "kto")
 
 
 def test_ipo_value_gradient_and_minimiser():

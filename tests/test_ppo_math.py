@@ -89,13 +89,22 @@ def test_clipped_surrogate_gradient(sign):
 
 
 def test_policy_loss_metrics():
-    logratio = np.array([[0.0, 0.5, -0.1, 0.3]])
-    mask = np.array([[1.0, 1.0, 1.0, 0.0]])
-    _, m = ppo.policy_loss(jnp.asarray(logratio), jnp.zeros((1, 4)), jnp.ones((1, 4)),
-                           jnp.asarray(mask), 0.2)
-    r = np.exp(logratio[0, :3])
-    np.testing.assert_allclose(m["policy/approxkl"], np.mean((r - 1) - logratio[0, :3]), rtol=1e-5)
-    np.testing.assert_allclose(m["policy/clipfrac"], 1.0 / 3.0, rtol=1e-6)
+    """approxkl is k3, an unbiased estimator of KL(pi_old || pi_theta) over tokens drawn from
+    pi_old: on tokens that appear exactly in proportion to pi_old (1/2, 1/4, 1/4 -> a, a, b, c)
+    its mean IS that KL, which the test computes from the two distributions.  clipfrac counts the
+    tokens whose ratio leaves [1 - eps, 1 + eps]; the masked column counts for nothing."""
+    p_old, p_new = np.array([0.5, 0.25, 0.25]), np.array([0.45, 0.4, 0.15])
+    actions = [0, 0, 1, 2]
+    new_logps = np.log(p_new[actions])[None, :]
+    old_logps = np.log(p_old[actions])[None, :]
+    pad = np.array([[9.0]])                                   # a masked token with a huge ratio
+    mask = np.array([[1.0, 1.0, 1.0, 1.0, 0.0]])
+    _, m = ppo.policy_loss(jnp.asarray(np.c_[new_logps, pad]), jnp.asarray(np.c_[old_logps, 0 * pad]),
+                           jnp.ones((1, 5)), jnp.asarray(mask), 0.2)
+    kl_old_new = float(np.sum(p_old * np.log(p_old / p_new)))
+    np.testing.assert_allclose(m["policy/approxkl"], kl_old_new, rtol=1e-4)
+    # ratios 0.9, 0.9, 1.6, 0.6: |rho - 1| > 0.2 for the last two only
+    np.testing.assert_allclose(m["policy/clipfrac"], 2.0 / 4.0, rtol=1e-6)
 
 
 def _two_categoricals():
