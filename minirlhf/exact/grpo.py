@@ -32,7 +32,6 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from minirlhf import grpo
@@ -217,12 +216,13 @@ def group_gradient(logp, reward, group, kind: str, eps: float = 1e-4):
     return counts - jnp.sum(adv) / G * jnp.exp(logp)
 
 
-@partial(jax.jit, static_argnums=(2, 3, 5))
-def sampled_group_gradients(logp, reward, kind: str, group_size: int, key, n_draws: int):
-    """n_draws independent groups y_1..y_G ~ pi iid and their gradient estimates.
-    logp, reward: [N]. Returns g_hat [n_draws, N]."""
+@partial(jax.jit, static_argnums=(2, 4))
+def sampled_group_gradients(logp, reward, group_size: int, key, n_draws: int) -> dict:
+    """n_draws independent groups y_1..y_G ~ pi iid and each advantage kind's gradient
+    estimate on the same groups. logp, reward: [N]. Returns {kind: g_hat [n_draws, N]}."""
     groups = jax.random.categorical(key, logp, shape=(n_draws, group_size))  # [D, G]
-    return jax.vmap(lambda g: group_gradient(logp, reward, g, kind))(groups)
+    return {kind: jax.vmap(lambda g, k=kind: group_gradient(logp, reward, g, k))(groups)
+            for kind in grpo.ADVANTAGE_KINDS}
 
 
 def enumerated_group_gradient(logp, reward, kind: str, group_size: int):
@@ -249,17 +249,27 @@ def gradient_estimator_stats(g_hat: jax.Array, g_true: jax.Array) -> dict:
             "rel_variance": jnp.mean(jnp.sum((g_hat - mean) ** 2, axis=-1)) / norm2}
 
 
-def finite_group_table(logp_ref, reward, group_sizes, key, n_draws: int = 20000):
-    """For each advantage kind and group size: gradient_estimator_stats of n_draws sampled
-    groups at pi_ref, for every prompt, averaged over prompts. logp_ref, reward: [P, N].
-    Returns {(kind, G): {stat: float}}."""
-    P = logp_ref.shape[0]
+@partial(jax.jit, static_argnums=(2, 4))
+def _group_stats(logp_ref, reward, group_size: int, key, n_draws: int) -> dict:
+    """gradient_estimator_stats of every kind, per prompt (lax.map: one prompt's draws in
+    memory at a time). Returns {kind: {stat: [P]}}."""
+    def one_prompt(xs):
+        logp, r, k = xs
+        draws = sampled_group_gradients(logp, r, group_size, k, n_draws)
+        g_true = exact_reward_gradient(logp, r)
+        return {kind: gradient_estimator_stats(g, g_true) for kind, g in draws.items()}
+
+    keys = jax.random.split(key, logp_ref.shape[0])
+    return jax.lax.map(one_prompt, (logp_ref, reward, keys))
+
+
+def finite_group_table(logp_ref, reward, group_sizes, key, n_draws: int = 20000) -> dict:
+    """For each group size and advantage kind: gradient_estimator_stats of n_draws sampled
+    groups at pi_ref, per prompt, averaged over prompts. logp_ref, reward: [P, N].
+    Returns {(kind, G): {stat: float}}; one compiled program per G."""
     table = {}
-    for kind in grpo.ADVANTAGE_KINDS:
-        for G in group_sizes:
-            keys = jax.random.split(jax.random.fold_in(key, G), P)
-            stats = [gradient_estimator_stats(
-                sampled_group_gradients(logp_ref[p], reward[p], kind, G, keys[p], n_draws),
-                exact_reward_gradient(logp_ref[p], reward[p])) for p in range(P)]
-            table[kind, G] = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
+    for G in group_sizes:
+        stats = _group_stats(logp_ref, reward, G, jax.random.fold_in(key, G), n_draws)
+        for kind in grpo.ADVANTAGE_KINDS:
+            table[kind, G] = {k: float(jnp.mean(v)) for k, v in stats[kind].items()}
     return table

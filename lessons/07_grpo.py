@@ -1,0 +1,352 @@
+# %% [markdown]
+# # Lesson 07: GRPO, Dr. GRPO and RLOO — policy gradients without a critic
+#
+# PPO (lesson 05) trains a value head to tell good tokens from bad ones.  For a response that
+# gets ONE score at the end, a cheaper baseline is available: sample G answers to the same
+# prompt and compare each answer with its group mates.  Three recipes differ in how:
+#
+#     GRPO      A_i = (r_i - mean_g r) / (std_g r + eps)        Shao et al. 2024 (DeepSeekMath)
+#     Dr. GRPO  A_i =  r_i - mean_g r                           Liu et al. 2025
+#     RLOO      A_i =  r_i - 1/(G-1) sum_{j != i} r_j           Ahmadian et al. 2024
+#
+# and in where they put the KL to pi_ref: GRPO adds k3 per token to the LOSS, RLOO (like PPO)
+# subtracts beta * log(pi / pi_ref) from the REWARD.  This lesson shows each equation on
+# hand-made numbers, then asks the exact world (lesson 01) what each objective converges to
+# — the two KL placements do not land on the same policy — and how large each finite-group
+# gradient's bias is.  Section 5 trains GRPO, RLOO and expert iteration on the capitals world,
+# with lesson 04's learned reward and with the verifiable gold reward.
+
+# %%
+import time
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+
+from minirlhf import grpo, paths
+from minirlhf.exact import grpo as eg
+from minirlhf.exact import world as exact
+
+t_start = time.time()
+args = paths.lesson_args()
+FIGURES = paths.figures_dir(args.smoke)
+SMOKE = args.smoke
+
+# %% [markdown]
+# ## 1. Group advantages
+#
+# Two prompts, G = 4 answers each: the first group scored by a verifier (1 = right), the second
+# by a graded reward.  `grpo.group_advantages(rewards [P, G], kind)` beside the formulas in plain
+# `jnp`.  GRPO's std is the population std of the group (ddof = 0).
+#
+# Two identities to read off the table: RLOO's advantages sum to 0 in every group, and they
+# are G/(G-1) = 4/3 times Dr. GRPO's, because r_i - mean_{j != i} r_j = G/(G-1) (r_i - mean r).
+# A group whose answers all score the same (all right, or all wrong) carries no signal: every
+# advantage is 0, and GRPO's eps keeps 0 / 0 from becoming nan.
+
+# %%
+rewards = jnp.array([[1.0, 0.0, 0.0, 1.0],
+                     [0.2, 0.9, 0.4, 0.5]])                           # [P=2, G=4]
+mean = rewards.mean(-1, keepdims=True)
+std = jnp.sqrt(((rewards - mean) ** 2).mean(-1, keepdims=True))       # population std
+by_hand = {"grpo": (rewards - mean) / (std + 1e-4),
+           "drgrpo": rewards - mean,
+           "rloo": rewards - (rewards.sum(-1, keepdims=True) - rewards) / 3}
+print(f"{'kind':<8}{'group':>6}   {'package':<34}{'by hand':<34}{'sum':>7}")
+for kind, hand in by_hand.items():
+    pkg = grpo.group_advantages(rewards, kind)
+    for p in range(2):
+        print(f"{kind:<8}{p:>6}   {np.array2string(np.asarray(pkg[p]), precision=4):<34}"
+              f"{np.array2string(np.asarray(hand[p]), precision=4):<34}{float(pkg[p].sum()):>7.3f}")
+rloo, dr = grpo.group_advantages(rewards, "rloo"), grpo.group_advantages(rewards, "drgrpo")
+print(f"max |RLOO - 4/3 Dr. GRPO| = {float(jnp.max(jnp.abs(rloo - 4 / 3 * dr))):.1e}")
+print(f"constant group [0.5, 0.5, 0.5, 0.5] -> GRPO advantages "
+      f"{np.asarray(grpo.group_advantages(jnp.full((1, 4), 0.5), 'grpo')[0])}")
+
+# %% [markdown]
+# ## 2. The clipped per-token surrogate and its three normalisations
+#
+# Every token of answer i gets the answer's advantage A_i.  With rho_it = pi_theta / pi_old,
+#
+#     l_it = -min( rho_it A_i, clip(rho_it, 1 - eps_low, 1 + eps_high) A_i )
+#
+# (PPO's clip per token; eps_high > eps_low is DAPO's "clip-higher", Yu et al. 2025, which
+# lets unlikely tokens with A > 0 grow further before the clip stops them).  Then the tokens
+# are averaged, and the papers disagree on how (n_i = length of answer i, B answers):
+#
+#     "sequence"  1/B sum_i 1/n_i sum_t l_it      GRPO: every ANSWER weighs the same
+#     "token"     sum_{i,t} l_it / sum_i n_i      DAPO: every TOKEN weighs the same
+#     "constant"  sum_{i,t} l_it / (B * L_max)    Dr. GRPO: a constant that ignores lengths
+#
+# Under "sequence" a token of a long answer weighs 1/n_i: a long WRONG answer is penalised less
+# per token than a short wrong one, so the loss itself prefers long wrong answers (Liu et al.
+# 2025's length bias).  Two answers of lengths 2 and 5, right-padded to T = 6, advantages +1 and
+# -1, on-policy (rho = 1): the gradient dL/d log pi_theta(y_it) = -A_i rho_it w_it shows each
+# token's weight w_it.
+
+# %%
+T = 6
+mask = jnp.array([[1.0, 1, 0, 0, 0, 0],
+                  [1.0, 1, 1, 1, 1, 0]])                                    # [B=2, T=6]
+old_logps = jnp.array([[-0.5, -1.0, 0, 0, 0, 0],
+                       [-0.7, -0.2, -1.3, -0.4, -0.9, 0]])                   # [2, 6]
+new_logps = old_logps + jnp.array([[0.1, 0.3, 0, 0, 0, 0],
+                                   [-0.1, 0.0, 0.2, -0.3, 0.05, 0]])         # [2, 6]
+adv = jnp.array([1.0, -1.0])                                                 # [B]
+lengths = mask.sum(-1)
+rho = jnp.exp(new_logps - old_logps)
+per_tok = jnp.maximum(-adv[:, None] * rho, -adv[:, None] * jnp.clip(rho, 0.8, 1.2)) * mask
+hand = {"sequence": jnp.mean(per_tok.sum(-1) / lengths),
+        "token": per_tok.sum() / lengths.sum(),
+        "constant": per_tok.sum() / (2 * T)}
+print(f"{'norm':<10}{'package':>10}{'by hand':>10}   token weights of answer 0 | answer 1 "
+      f"(-dL/dlogpi / (A rho), rho = 1)")
+for norm in grpo.NORMALISATIONS:
+    loss_pkg, _ = grpo.clipped_policy_loss(new_logps, old_logps, adv, mask, norm=norm)
+    g = jax.grad(lambda x, n=norm: grpo.clipped_policy_loss(x, old_logps, adv, mask,
+                                                             norm=n)[0])(old_logps)
+    w = -g / adv[:, None]
+    print(f"{norm:<10}{float(loss_pkg):>10.4f}{float(hand[norm]):>10.4f}   "
+          f"{np.round(np.asarray(w[0, :2]), 3)} | {np.round(np.asarray(w[1, :5]), 3)}")
+
+# %% [markdown]
+# Clip-higher on one token with A > 0: at rho = 1.25 the symmetric clip (0.2, 0.2) has already
+# stopped the gradient, DAPO's (0.2, 0.28) has not.
+
+# %%
+one = jnp.ones((1, 1))
+for lo, hi in ((0.2, 0.2), (0.2, 0.28)):
+    g = jax.grad(lambda x, lo=lo, hi=hi: grpo.clipped_policy_loss(
+        x, jnp.zeros((1, 1)), jnp.ones(1), one, clip_eps_low=lo, clip_eps_high=hi)[0])(
+            jnp.log(1.25) * one)
+    print(f"clip ({lo}, {hi}): dL/dlogpi at rho = 1.25, A = +1: package {float(g[0, 0]):+.3f}, "
+          f"by hand {-1.25 if 1.25 <= 1 + hi else 0.0:+.3f}")
+
+# %% [markdown]
+# ## 3. Where the KL goes: k1 in the reward, or k3 in the loss
+#
+# **In the reward (PPO, RLOO).**  R(y) = r(y) - beta log(pi(y) / pi_ref(y)) is a constant to the
+# gradient (k1 summed over the answer, `grpo.kl_penalised_rewards`).  Its expected policy
+# gradient is
+#
+#     E_pi[(R - b) d log pi] = d ( E_pi[r] - beta KL(pi || pi_ref) )     for any baseline b,
+#
+# the gradient of the objective whose maximiser is pi*_beta = pi_ref exp(r / beta) / Z.
+#
+# **In the loss (GRPO, Shao et al. 2024 eq. 4).**  k3 = pi_ref/pi - log(pi_ref/pi) - 1 per
+# token, differentiated through log pi: d k3 / d log pi = 1 - pi_ref / pi.  Its expectation
+# under y ~ pi is
+#
+#     E_pi[(1 - pi_ref/pi) d log pi] = sum_y (pi - pi_ref) d log pi = -sum_y pi_ref d log pi
+#                                    = d KL(pi_ref || pi),
+#
+# the gradient of the FORWARD KL, not of KL(pi || pi_ref) that k3 estimates in value.  On a
+# 3-response bandit, the package's exact expected losses (`exact.grpo.expected_loss`) beside
+# the two objectives differentiated directly:
+
+# %%
+toy_ref = jnp.log(jnp.array([[0.5, 0.3, 0.2]]))            # log pi_ref   [P=1, N=3]
+toy_r = jnp.array([[0.0, 1.0, 0.3]])                       # r(y)         [1, 3]
+toy_z = jnp.array([[0.2, -0.4, 0.1]])                      # logits of pi [1, 3]
+beta = 0.5
+
+
+def reverse_objective(z):  # E_pi[r] - beta KL(pi || pi_ref)
+    lp = jax.nn.log_softmax(z)
+    return jnp.sum(jnp.exp(lp) * (toy_r - beta * (lp - toy_ref)))
+
+
+def forward_objective(z):  # E_pi[r] - beta KL(pi_ref || pi)
+    lp = jax.nn.log_softmax(z)
+    return jnp.sum(jnp.exp(lp) * toy_r) - beta * jnp.sum(jnp.exp(toy_ref) * (toy_ref - lp))
+
+
+for kl_in, objective, name in (("reward", reverse_objective, "-d(E r - beta KL(pi||ref))"),
+                               ("loss", forward_objective, "-d(E r - beta KL(ref||pi))")):
+    pkg = jax.grad(eg.expected_loss)(toy_z, toy_ref, toy_r, beta, eg.ExactPGConfig(kl_in=kl_in))
+    print(f"KL in the {kl_in:<7} package {np.round(np.asarray(pkg[0]), 5)}   "
+          f"{name} {np.round(np.asarray(-jax.grad(objective)(toy_z)[0]), 5)}")
+
+# %% [markdown]
+# ## 4. The exact world: what each objective converges to
+#
+# Lesson 01's exact world (4 prompts, 256 responses each).  The policy is a softmax over the
+# responses of each prompt and training follows the EXACT expected gradient of each method's
+# loss (an infinite group, on-policy, so the clip never acts): whatever it converges to is the
+# objective's own fixed point, with no sampling noise.  `exact.grpo.train_exact_pg`, one jitted
+# lax.scan, vmapped over beta.
+#
+# **GRPO's fixed point.**  With the mean baseline (Dr. GRPO, or RLOO and GRPO as G -> inf
+# without the std) and k3 in the loss, d/dz_y of the expected loss is
+#
+#     -pi(y) (r(y) - c) + beta (pi(y) - pi_ref(y)),    c = E_pi[r],
+#
+# (d pi(y') / d z_y = pi(y') (1[y = y'] - pi(y)); the baseline term vanishes because
+# sum_y pi (r - c) = 0).  Setting it to 0:
+#
+#     pi(y) = beta pi_ref(y) / (beta - r(y) + c),
+#
+# with c chosen so that sum_y pi(y) = 1 (c > max_y r - beta keeps every denominator positive;
+# then E_pi[r] = c follows from summing the stationarity condition).  `grpo_fixed_point` finds
+# c by bisection.  Compare pi*_beta = pi_ref exp(r / beta) / Z: exponential tilting against a
+# hyperbolic one, which keeps a floor of beta pi_ref / (beta + c - r) on bad answers (the
+# forward KL is mass-covering) but piles more mass on the best ones.
+
+# %%
+world = exact.make_exact_world(exact.ExactWorldConfig(n_prompts=2 if SMOKE else 4,
+                                                      length=3 if SMOKE else 4,
+                                                      seed=args.seed))
+BETAS = jnp.array([0.1, 0.3] if SMOKE else [0.03, 0.1, 0.3, 1.0])
+N_STEPS = 300 if SMOKE else 4000
+
+
+def train_all(kl_in, baseline):
+    """Exact training at every beta of BETAS in one compiled call -> (log pi [M, P, N], history)."""
+    cfg = eg.ExactPGConfig(kl_in=kl_in, baseline=baseline, n_steps=N_STEPS)
+    return jax.jit(jax.vmap(lambda b: eg.train_exact_pg(world.logp_ref, world.reward, b, cfg)))(
+        BETAS)
+
+
+t0 = time.time()
+runs = {"k1 in reward (PPO / RLOO)": train_all("reward", "mean"),
+        "k3 in loss, r - mean (Dr. GRPO)": train_all("loss", "mean"),
+        "k3 in loss, (r - mean)/std (GRPO)": train_all("loss", "mean_std"),
+        "k1 in reward, (R - mean)/std": train_all("reward", "mean_std")}
+print(f"exact training: {len(runs)} objectives x {len(BETAS)} betas x {N_STEPS} steps "
+      f"in {time.time() - t0:.1f} s")
+K1, DR, GRPO_STD, K1_STD = runs
+print(f"{'objective':<36}{'beta':>6}{'KL to pi*':>13}{'KL to GRPO fp':>15}"
+      f"{'KL(pi||ref)':>13}{'E[r]':>8}")
+for name, (_, h) in runs.items():
+    for i, b in enumerate(np.asarray(BETAS)):
+        print(f"{name:<36}{b:>6.2f}"
+              f"{h['kl_to_optimum'][i, 0]:>6.2f}->{max(float(h['kl_to_optimum'][i, -1]), 0):.0e}"
+              f"{h['kl_to_grpo_fixed_point'][i, 0]:>7.2f}->"
+              f"{max(float(h['kl_to_grpo_fixed_point'][i, -1]), 0):.0e}"
+              f"{h['kl_to_ref'][i, -1]:>13.3f}{h['expected_reward'][i, -1]:>8.3f}")
+for b in np.asarray(BETAS):
+    fp = eg.grpo_fixed_point(world.logp_ref, world.reward, b)
+    star = exact.optimal_policy(world.logp_ref, world.reward, b)
+    print(f"beta = {b:.2f}: KL(GRPO fixed point || pi*_beta) = "
+          f"{float(exact.kl(fp, star).mean()):.3f} nats; KL(. || pi_ref): fixed point "
+          f"{float(exact.kl(fp, world.logp_ref).mean()):.3f}, pi*_beta "
+          f"{float(exact.kl(star, world.logp_ref).mean()):.3f}")
+
+# %% [markdown]
+# The k1 run lands on pi*_beta and the k3 run on its own fixed point, each to float32
+# precision; the two are several nats apart at the betas where the KL term matters.  At the
+# same beta GRPO's fixed point spends more KL(pi || pi_ref): the forward KL barely charges for
+# mass moved ONTO responses pi_ref rarely writes.  So "beta" does not mean the same thing in a
+# GRPO config and in a PPO config.  Is the fixed point at least efficient, i.e. on the
+# reward–KL frontier?  pi*_beta maximises E[r] - beta KL(pi || pi_ref), so no policy lies above
+# pi*'s curve; the figure puts GRPO's fixed points beside it.
+
+# %%
+beta_grid = np.geomspace(0.01, 10.0, 12 if SMOKE else 40)
+front = eg.frontier(world.logp_ref, world.reward, beta_grid)
+star_kl, star_r = (np.asarray(x).mean(-1) for x in exact.optimal_frontier(   # a fine pi* curve
+    world.logp_ref, world.reward, np.geomspace(1e-3, 30.0, 2000)))
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
+ax1.plot(star_kl, star_r, "-", color="k", label="pi*_beta (k1 optimum)")
+ax1.plot(front["grpo_kl"], front["grpo_reward"], "--", color="C1",
+         label="GRPO fixed point (k3 in the loss)")
+markers = {K1: ("o", "k"), DR: ("s", "C1"), GRPO_STD: ("^", "C3")}
+for name, (marker, color) in markers.items():
+    h = runs[name][1]
+    ax1.scatter(h["kl_to_ref"][:, -1], h["expected_reward"][:, -1], marker=marker, color=color,
+                zorder=3, label=f"trained: {name}")
+ax1.set(xlabel="KL(pi || pi_ref)  (nats, mean over prompts)", ylabel="E_pi[r]",
+        title="reward vs KL: each method's endpoints at the betas of the table")
+ax1.legend(fontsize=7)
+ax1.grid(alpha=0.3)
+steps = np.arange(1, N_STEPS + 1)
+for i, b in enumerate(np.asarray(BETAS)):
+    ax2.plot(steps, np.maximum(runs[K1][1]["kl_to_optimum"][i], 1e-8), color=f"C{i}",
+             label=f"k1 -> pi*_beta, beta={b:.2f}")
+    ax2.plot(steps, np.maximum(runs[DR][1]["kl_to_grpo_fixed_point"][i], 1e-8), "--",
+             color=f"C{i}", label=f"Dr. GRPO -> its fixed point, beta={b:.2f}")
+ax2.set(xscale="log", yscale="log", xlabel="exact gradient step",
+        ylabel="KL(pi || target)  (nats)", title="convergence to each objective's fixed point")
+ax2.legend(fontsize=7)
+ax2.grid(alpha=0.3)
+fig.tight_layout()
+fig.savefig(FIGURES / "07_exact_frontier.png", dpi=120)
+plt.close(fig)
+order = np.argsort(star_kl)                                     # pi*'s curve as E[r](KL)
+inside = np.asarray(front["grpo_kl"]) <= star_kl.max()
+gap = (np.interp(front["grpo_kl"], star_kl[order], star_r[order]) - front["grpo_reward"])[inside]
+print(f"wrote {FIGURES / '07_exact_frontier.png'}; at equal KL(pi || pi_ref) GRPO's fixed points "
+      f"get {round(float(np.min(gap)), 4) + 0.0:.4f} .. {float(np.max(gap)):.4f} less E[r] than pi*'s frontier")
+
+# %% [markdown]
+# ### Dividing by the std
+#
+# GRPO divides the centred reward by the group's std s.  In the stationarity condition
+# pi (r - c) / s = beta (pi - pi_ref) that is the same as the Dr. GRPO fixed point with an
+# EFFECTIVE beta_eff = beta * s, where s = std_pi(r) is measured under the policy itself.  With
+# the KL in the loss the std therefore changes what training converges to: wherever the
+# policy's reward spread is below 1, the KL term weighs less.  (With the KL in the reward the
+# std only rescales the whole gradient by a positive number per prompt: the fixed point stays
+# pi*_beta, the last row of the table above.)  Per beta: the reward std at pi_ref and at the
+# endpoint, the effective beta, and the KL it spends with and without the std.
+
+# %%
+print(f"{'beta':>6}{'std at pi_ref':>15}{'std at end':>12}{'beta_eff':>10}"
+      f"{'KL(pi||ref) GRPO':>18}{'Dr. GRPO':>10}{'KL to fp(beta_eff)':>20}")
+lp_std, h_std = runs[GRPO_STD]
+for i, b in enumerate(np.asarray(BETAS)):
+    pi = jnp.exp(lp_std[i])
+    m = jnp.sum(pi * world.reward, -1, keepdims=True)
+    s = jnp.sqrt(jnp.sum(pi * (world.reward - m) ** 2, -1, keepdims=True))      # [P, 1]
+    fp_eff = eg.grpo_fixed_point(world.logp_ref, world.reward, b * (s + 1e-4))
+    print(f"{b:>6.2f}{h_std['reward_std'][i, 0]:>15.3f}{h_std['reward_std'][i, -1]:>12.3f}"
+          f"{float(b * s.mean()):>10.4f}{h_std['kl_to_ref'][i, -1]:>18.3f}"
+          f"{runs[DR][1]['kl_to_ref'][i, -1]:>10.3f}"
+          f"{max(float(exact.kl(lp_std[i], fp_eff).mean()), 0):>20.1e}")
+
+# %% [markdown]
+# In this world rewards lie in [0, 1] and their std is well below 1, so the std division
+# multiplies the KL coefficient by a small number: GRPO ends further from pi_ref than Dr. GRPO
+# at every beta.  As the policy sharpens onto the best answer the std falls further, the KL
+# term weighs less still, and the policy sharpens more — a feedback that Dr. GRPO's plain
+# r - mean does not have: there beta is the same number at every step.  The last column checks
+# the explanation: each GRPO endpoint is the Dr. GRPO fixed point of its own beta_eff.
+#
+# ### Finite groups: bias and variance of the gradient
+#
+# With G answers the gradient estimate is g_hat = (1/G) sum_i A_i d log pi(y_i).  Against the
+# exact d E_pi[r] (no KL, at pi_ref, per prompt), from many independent groups:
+#
+#   * RLOO: the baseline excludes y_i, so E[g_hat] = d E[r]: unbiased;
+#   * Dr. GRPO: the mean includes r_i itself; E[(r_i - mean r) d log pi(y_i)] = (G-1)/G d E[r];
+#   * GRPO: dividing by the group's own std reweights groups: not a multiple of d E[r].
+#
+# `scale` = <E g_hat, g> / |g|^2 (1 = the right size), `cos` = the angle of E g_hat to g,
+# `bias` = |E g_hat - g| / |g|, `variance` = E|g_hat - E g_hat|^2 / |g|^2, mean over prompts.
+
+# %%
+N_DRAWS = 2000 if SMOKE else 20000
+GROUPS = (2, 4) if SMOKE else (2, 4, 16)
+t0 = time.time()
+table = eg.finite_group_table(world.logp_ref, world.reward, GROUPS, jax.random.PRNGKey(args.seed),
+                              N_DRAWS)
+print(f"{N_DRAWS} groups per (estimator, G), {time.time() - t0:.1f} s")
+print(f"{'estimator':<10}{'G':>4}{'scale':>9}{'(G-1)/G':>9}{'cos':>8}{'bias':>8}{'variance':>10}"
+      f"{'variance/scale^2':>18}")
+for (kind, G), s in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    print(f"{kind:<10}{G:>4}{s['scale']:>9.3f}{(G - 1) / G:>9.3f}{s['cos']:>8.4f}"
+          f"{s['rel_bias']:>8.3f}{s['rel_variance']:>10.2f}{s['rel_variance'] / s['scale']**2:>18.2f}")
+
+# %% [markdown]
+# RLOO's scale is 1 up to sampling noise and Dr. GRPO's is (G-1)/G (tests/test_exact_grpo.py
+# pins both exactly, by enumerating every group).  Dr. GRPO's bias is only a step size —
+# it points the right way — and vanishes as G grows.  GRPO's scale is about 1/std(r) (rewards
+# are divided by the group std), and its direction is slightly off: groups with a small spread
+# get amplified.  RLOO is Dr. GRPO times G/(G-1) on every group, so the two have the same
+# direction and the same noise per unit of signal (variance / scale^2); that noise falls
+# roughly like 1/G.  GRPO's direction is furthest off at G = 2: with two answers every group
+# that is not a tie gets advantages exactly +1 and -1, whatever the size of the reward gap.
+
+# %%
+print(f"lesson 07 done in {time.time() - t_start:.0f} s")
