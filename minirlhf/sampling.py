@@ -5,8 +5,8 @@ goes into the same column: at step i all rows write column P + i.  Position ids
 come from the attention mask (pos = number of real tokens before), so a short
 prompt padded on the left sees exactly the positions it would see alone.
 
-Key/value cache: for every layer we keep k, v for all P + N columns
-([L, B, P+N, H, Dh]); step i computes q, k, v for the one new token, writes k, v
+Key/value cache: for every layer we keep k, v for all P + N columns, head-major
+(L arrays [B, H, P+N, Dh]: see `prefill_cache`); step i computes q, k, v for the one new token, writes k, v
 into column P + i, and attends over the cache (pads and future columns masked).
 Without the cache each new token would recompute the whole prefix:
 O(T^2) work per sequence instead of O(T) (see benchmarks/bench_model.py).
@@ -16,16 +16,18 @@ Stopping: once a row has produced <eos> it emits <pad> with mask 0 from then on.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from minirlhf.fused_attention import fused_attention
 from minirlhf.model import (
+    NEG_INF,
     GPTConfig,
     at_least_f32,
-    attend,
     forward,
     layer_norm,
     mlp,
@@ -67,28 +69,62 @@ def sample_token(key, logits, temperature: float, top_k: int):
     return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
 
 
+def prefill_cache(kv, max_new_tokens: int):
+    """The forward pass's (k, v), each [L, B, P, H, Dh], as the decode cache: a tuple of L
+    head-major arrays [B, H, P+N, Dh] for k and another for v, columns P.. zero until written.
+
+    Head-major puts one head's keys for all S columns in one contiguous [S, Dh] slab, so a decode
+    step's q.k and weights.v are plain batched matrix-vector products over contiguous memory.
+    One array per layer (not one stacked [L, ...] array) lets each layer's attention read its
+    cache without slicing a copy out of the stack.  benchmarks/bench_sampler.py measures both.
+    """
+    pad = ((0, 0), (0, 0), (0, max_new_tokens), (0, 0))
+    to_cache = lambda x: tuple(jnp.pad(x_l.transpose(0, 2, 1, 3), pad) for x_l in x)
+    return to_cache(kv[0]), to_cache(kv[1])                     # each L x [B, H, S, Dh]
+
+
+def attend_cached(q, k_cache, v_cache, key_mask, cfg: GPTConfig):
+    """One query per row against the cache: softmax(q k^T / sqrt(d_head) + mask) v (Vaswani et
+    al. 2017, eq. 1), the same numbers as `model.attend(..., causal=False)` with Tq = 1.
+
+    q: [B, H, Dh], k_cache, v_cache: [B, H, S, Dh] (head-major), key_mask: [B, S] -> [B, H, Dh].
+    """
+    if cfg.attention == "fused":   # the GPU path takes [B, T, H, Dh]
+        kt, vt = k_cache.transpose(0, 2, 1, 3), v_cache.transpose(0, 2, 1, 3)
+        return fused_attention(q[:, None], kt, vt, key_mask, causal=False)[:, 0]
+    scores = jnp.einsum("bhd,bhsd->bhs", q, k_cache,
+                        preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))  # [B, H, S]
+    scores = scores / math.sqrt(q.shape[-1])
+    scores = jnp.where((key_mask > 0)[:, None, :], scores, NEG_INF)                 # pads, future
+    weights = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)                 # [B, H, S]
+    return jnp.einsum("bhs,bhsd->bhd", weights, v_cache)                            # [B, H, Dh]
+
+
 def decode_step(params, token, pos, col, cache, key_mask, cfg: GPTConfig):
     """Run one new token per row through the GPT using (and filling) the KV cache.
 
-    token, pos: [B]; col: scalar column being written; cache: (k, v) each [L, B, S, H, Dh];
-    key_mask: [B, S] (1 where a cached key is real; column `col` is included).
-    Returns (logits [B, V], hidden [B, D], new cache).
+    token, pos: [B]; col: scalar column being written; cache: (k, v), each a tuple of L
+    head-major arrays [B, H, S, Dh] (`prefill_cache`); key_mask: [B, S] (1 where a cached key is
+    real; column `col` is included).  Returns (logits [B, V], hidden [B, D], new cache).
+
+    Column `col` is written with dynamic_update_slice: inside `generate`'s scan the cache is
+    the loop carry, which XLA updates in place (no per-step copy of the cache).  The layers run
+    as a Python loop whatever `cfg.unroll_layers` says: one token per row is a small program.
     """
     dtype = jnp.dtype(cfg.compute_dtype)
-    x = (params["wte"][token] + params["wpe"][pos])[:, None].astype(dtype)    # [B, 1, D]
-
-    def layer(x, layer_in):
-        p, k_cache, v_cache = layer_in                                         # [B, S, H, Dh]
-        q, k, v = qkv_proj(layer_norm(x, p["ln1"]), p, cfg)                    # [B, 1, H, Dh]
-        k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), col, axis=1)
-        v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), col, axis=1)
-        x = x + out_proj(attend(q, k_cache, v_cache, key_mask, cfg, causal=False), p)
-        x = x + mlp(layer_norm(x, p["ln2"]), p)
-        return x, (k_cache, v_cache)
-
-    x, cache = jax.lax.scan(layer, x, (params["blocks"], *cache), unroll=cfg.unroll_layers)
-    h = layer_norm(at_least_f32(x[:, 0]), params["ln_f"])               # [B, D] fp32
-    return unembed(params, h, cfg), h, cache                                       # [B, V]
+    x = (params["wte"][token] + params["wpe"][pos]).astype(dtype)              # [B, D]
+    k_cache, v_cache = list(cache[0]), list(cache[1])
+    for l in range(cfg.n_layer):
+        p = jax.tree_util.tree_map(lambda a, l=l: a[l], params["blocks"])
+        q, k, v = qkv_proj(layer_norm(x, p["ln1"])[:, None], p, cfg)           # [B, 1, H, Dh]
+        at = (0, 0, col, 0)
+        k_cache[l] = jax.lax.dynamic_update_slice(k_cache[l], k.swapaxes(1, 2).astype(k_cache[l].dtype), at)
+        v_cache[l] = jax.lax.dynamic_update_slice(v_cache[l], v.swapaxes(1, 2).astype(v_cache[l].dtype), at)
+        a = attend_cached(q[:, 0], k_cache[l], v_cache[l], key_mask, cfg)      # [B, H, Dh]
+        x = x + out_proj(a[:, None], p)[:, 0]                                  # [B, D]
+        x = x + mlp(layer_norm(x, p["ln2"])[:, None], p)[:, 0]
+    h = layer_norm(at_least_f32(x), params["ln_f"])                            # [B, D] fp32
+    return unembed(params, h, cfg), h, (tuple(k_cache), tuple(v_cache))        # [B, V]
 
 
 @partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k"))
@@ -105,8 +141,7 @@ def generate(params, prompt_tokens, prompt_mask, key, *, cfg: GPTConfig, max_new
         raise ValueError(f"generate: prompt length {P} + max_new_tokens {N} exceeds max_len={cfg.max_len}")
     # 1. prefill: one forward pass over the prompt gives its KV cache and the first logits.
     out = forward(params, prompt_tokens, prompt_mask, cfg)
-    pad_cache = lambda kv: jnp.pad(kv, ((0, 0), (0, 0), (0, N), (0, 0), (0, 0)))
-    cache = (pad_cache(out.kv[0]), pad_cache(out.kv[1]))                      # [L, B, S, H, Dh]
+    cache = prefill_cache(out.kv, N)                                  # (k, v): L x [B, H, S, Dh]
     key_mask = jnp.pad(prompt_mask, ((0, 0), (0, N)))                           # [B, S]
     pos0 = positions_from_mask(prompt_mask)[:, -1] + 1                          # [B] next position
 

@@ -14,7 +14,7 @@ from jax.test_util import check_grads
 from minirlhf import model
 from minirlhf.fused_attention import real_first_causal_attention
 from minirlhf.model import GPTConfig
-from minirlhf.sampling import decode_step
+from minirlhf.sampling import decode_step, prefill_cache
 
 CFG = GPTConfig(vocab_size=40, max_len=16, n_layer=2, n_head=2, d_model=32)
 TOL = dict(atol=2e-5, rtol=2e-5)  # float32 agreement between two orderings of the same sums
@@ -96,8 +96,7 @@ def test_kv_cache_decode_matches_full_forward_with_left_padding(attention):
     full = forward(params, jnp.tile(tokens, (N, 1)), prefix_mask.reshape(N * B, S), cfg)
 
     out = forward(params, prompt, pmask, cfg)                           # prefill
-    pad = lambda kv: jnp.pad(kv, ((0, 0), (0, 0), (0, N), (0, 0), (0, 0)))
-    cache = (pad(out.kv[0]), pad(out.kv[1]))                            # [L, B, S, H, Dh]
+    cache = prefill_cache(out.kv, N)                                    # L x [B, H, S, Dh]
     pos = jnp.array([len(r) for r in rows])                             # next position per row
     step = jax.jit(decode_step, static_argnames="cfg")
     for i in range(N):
@@ -108,7 +107,8 @@ def test_kv_cache_decode_matches_full_forward_with_left_padding(attention):
         np.testing.assert_allclose(hidden, full.hidden[ref, col], **TOL, err_msg=f"step {i}")
     real = np.asarray(prefix_mask[-1], bool)                            # pad keys are never read
     for c, f in zip(cache, full.kv):                                    # [L, B(*N), S, H, Dh]
-        np.testing.assert_allclose(np.asarray(c)[:, real], np.asarray(f)[:, (N - 1) * B:][:, real], **TOL)
+        c = np.stack(c).swapaxes(2, 3)                                  # head-major -> [L, B, S, H, Dh]
+        np.testing.assert_allclose(c[:, real], np.asarray(f)[:, (N - 1) * B:][:, real], **TOL)
 
 
 # ----------------------------------------------------------------------------- attention paths
