@@ -31,10 +31,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from minirlhf import paths
-from minirlhf.checkpoint import save_checkpoint
 from minirlhf.evaluation import evaluate_splits, format_table, sample_answers
 from minirlhf.model import count_params, init_params
-from minirlhf.pretrain import PretrainConfig, corpus_arrays, ensure_tokenizer, pretrain
+from minirlhf.pretrain import (
+    PretrainConfig,
+    corpus_arrays,
+    ensure_tokenizer,
+    pretrain,
+    save_base_model,
+)
 from minirlhf.worlds import capitals as cw
 
 t_start = time.time()
@@ -80,8 +85,8 @@ for text in before.texts:
 
 # %%
 params, history = pretrain(tok, cfg)
-save_checkpoint(RUNS / "base.ckpt", params, cfg.model, {"stage": "pretrain", "final_loss": float(history[-1])})
-print(f"saved {RUNS / 'base.ckpt'}; final loss {history[-10:].mean():.3f} nats/token")
+saved = save_base_model(args.smoke, cfg, params, history)   # runs[/smoke]/[seed{seed}/]base.ckpt
+print(f"saved {saved}; final loss {history[-10:].mean():.3f} nats/token")
 
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.plot(np.arange(1, len(history) + 1), history, lw=0.8, label="per step")

@@ -24,10 +24,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from minirlhf import paths
-from minirlhf.checkpoint import save_checkpoint
 from minirlhf.evaluation import evaluate_splits, format_table, sample_answers
 from minirlhf.pretrain import SEQ_LEN, ensure_base_model, ensure_tokenizer
-from minirlhf.sft import SFTConfig, sft
+from minirlhf.sft import SFTConfig, save_sft_model, sft
 from minirlhf.tokenizer import encode_batch, id_to_token
 from minirlhf.worlds import capitals as cw
 
@@ -37,7 +36,7 @@ RUNS, FIGURES = paths.runs_dir(args.smoke), paths.figures_dir(args.smoke)
 cfg = SFTConfig.smoke() if args.smoke else SFTConfig()
 cfg = SFTConfig(**{**cfg.__dict__, "seed": args.seed})
 tok = ensure_tokenizer(args.smoke)
-base_params, model_cfg = ensure_base_model(args.smoke)   # lesson 02's checkpoint (built if missing)
+base_params, model_cfg = ensure_base_model(args.smoke, args.seed)   # lesson 02's (built if missing)
 splits = {name: cw.split_prompts(name) for name in cw.SPLITS}
 N_EVAL = 2 if args.smoke else 16
 
@@ -65,8 +64,8 @@ for tid, m in zip(enc.tokens[0, :n], enc.response_mask[0, :n]):
 # %%
 demos_only, _ = sft(base_params, model_cfg, tok, SFTConfig(**{**cfg.__dict__, "replay": False}), quiet=True)
 params, history = sft(base_params, model_cfg, tok, cfg)
-save_checkpoint(RUNS / "sft.ckpt", params, model_cfg, {"stage": "sft", "final_loss": float(history[-1])})
-print(f"saved {RUNS / 'sft.ckpt'} (pi_ref); final loss {history[-10:].mean():.3f} nats/token")
+saved = save_sft_model(args.smoke, cfg, params, model_cfg, history)   # runs[/smoke]/[seed{seed}/]sft.ckpt
+print(f"saved {saved} (pi_ref); final loss {history[-10:].mean():.3f} nats/token")
 
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.plot(np.arange(1, len(history) + 1), history)

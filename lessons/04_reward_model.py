@@ -25,7 +25,7 @@ import numpy as np
 
 from minirlhf import paths
 from minirlhf import reward as rm
-from minirlhf.data import read_preferences
+from minirlhf.data import describe_preferences, read_preferences
 from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
 from minirlhf.reward_data import (
     encode_responses,
@@ -55,7 +55,7 @@ rcfg = rm.RewardConfig.smoke() if args.smoke else rm.RewardConfig()
 rcfg = dataclasses.replace(rcfg, seed=args.seed)
 tau = CapitalsConfig().rater_tau
 tok = ensure_tokenizer(args.smoke)
-sft_params, cfg = ensure_sft_model(args.smoke)
+sft_params, cfg = ensure_sft_model(args.smoke, args.seed)
 print(f"smoke={args.smoke} seed={args.seed}  runs -> {RUNS}  figures -> {FIGURES}")
 
 # %% [markdown]
@@ -83,14 +83,14 @@ print(f"smoke={args.smoke} seed={args.seed}  runs -> {RUNS}  figures -> {FIGURES
 # best possible accuracy is max(p, 1 - p).  Its mean is the **Bayes rate**.
 
 # %%
-pref_paths = ensure_preferences(args.smoke)          # runs[/smoke]/preferences_{split}.jsonl
+pref_paths = ensure_preferences(args.smoke, args.seed)   # runs[/smoke]/[seed{s}/]preferences_{split}.jsonl
 if args.prefs is not None:
     pref_paths = {**pref_paths, "train": args.prefs}  # validated by data.read_preferences
 data = load_preference_data(tok, pref_paths, SEQ_LEN, model_max_len=cfg.max_len)   # pairs, every split
 groups = load_groups(tok, pref_paths["train"])   # [G, K, T], T: as wide as the file needs
-records = {split: read_preferences(path) for split, path in pref_paths.items()}   # the raw pairs
+records = {split: read_preferences(path) for split, path in pref_paths.items()}   # parsed once, cached
 for split, d in data.items():
-    print(f"{split:8s} {len(d.p_chosen):5d} comparisons from {pref_paths[split]}  "
+    print(f"{split:8s} {describe_preferences(records[split])} from {pref_paths[split]}  "
           f"Bayes rate {np.mean(np.maximum(d.p_chosen, 1 - d.p_chosen)):.3f}")
 print(f"train as groups: {groups.tokens.shape[0]} groups of up to K = {groups.tokens.shape[1]} distinct "
       f"responses, {groups.wins.sum(axis=(1, 2)).mean():.1f} comparisons per group")
@@ -344,13 +344,15 @@ for i in sorted(range(len(rows)), key=lambda i: -rows[i][3]):
 # ## 7. Saving the reward model for lesson 05
 #
 # `runs/reward.ckpt` holds {"backbone", "head"} (normalised head) with the normalisation stats
-# and the metrics in its meta; `rm.ensure_reward_model(smoke)` loads it (or reruns this stage),
+# and the metrics in its meta (trained with `--prefs`, it goes to `reward-<digest of the
+# file>.ckpt` instead, and the course's model stays); `rm.ensure_reward_model(smoke)` loads it
+# (or reruns this stage, also when it was made from other data, seed or config),
 # and `rm.score(rm_params, tokens, attention_mask, cfg)` scores PPO's left-padded generations.
 
 # %%
 meta = {"regime": best, "normalisation": stats, "train_prefs": str(pref_paths["train"]),
         "metrics": {g: {s: evals[g][s].metrics for s in data} for g in rm.REGIMES}}
-print(f"saved {rm.save_reward_model(args.smoke, rm_params, cfg, meta)}")
+print(f"saved {rm.save_reward_model(args.smoke, rm_params, cfg, meta, rcfg, pref_paths)}")
 print(f"lesson 04 done in {time.time() - t_start:.1f} s")
 
 # %% [markdown]

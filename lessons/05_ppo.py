@@ -45,8 +45,8 @@ RUNS, FIGURES = paths.runs_dir(args.smoke), paths.figures_dir(args.smoke)
 cfg = ppo_train.PPOConfig.smoke() if args.smoke else ppo_train.PPOConfig()
 cfg = ppo_train.PPOConfig(**{**cfg.__dict__, "seed": args.seed})
 tok = ensure_tokenizer(args.smoke)
-ref_params, model_cfg = ensure_sft_model(args.smoke)     # pi_ref (lesson 03), built if missing
-rm_params, _ = ensure_reward_model(args.smoke)           # r_phi (lesson 04), built if missing
+ref_params, model_cfg = ensure_sft_model(args.smoke, args.seed)   # pi_ref (lesson 03), built if missing
+rm_params, _ = ensure_reward_model(args.smoke, args.seed)         # r_phi (lesson 04), built if missing
 splits = {name: cw.split_prompts(name) for name in cw.SPLITS}
 N_ROWS = 8 if args.smoke else 256  # evaluation samples per split (8 per train prompt, 32 per held-out
                                    # or OOD prompt): standard error ~0.03, one compiled shape for all
@@ -141,7 +141,7 @@ print(np.round(row, 3))
 # %%
 state, history = ppo_train.train_ppo(ref_params, ref_params, rm_params, model_cfg, tok, cfg)
 policy = state.train_state.params["policy"]
-ppo_train.save_ppo_policy(args.smoke, policy, model_cfg, {"final_kl": float(history["objective/kl"][-1])})
+ppo_train.save_ppo_policy(args.smoke, policy, model_cfg, {"final_kl": float(history["objective/kl"][-1])}, cfg)
 print(f"saved {RUNS / 'ppo.ckpt'}; {np.sum(history['time/iteration']):.0f} s for "
       f"{cfg.n_iterations} iterations (first one includes compilation)")
 

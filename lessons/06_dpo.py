@@ -56,13 +56,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from minirlhf import paths
-from minirlhf.checkpoint import save_checkpoint
 from minirlhf.dpo_train import (
     DPOConfig,
     encode_pairs,
     evaluate_pairs,
     implicit_rewards,
     load_pair_arrays,
+    save_dpo_policy,
     sequence_logratios,
     train_dpo,
     with_reference_logps,
@@ -82,8 +82,8 @@ args = paths.lesson_args()
 RUNS, FIGURES = paths.runs_dir(args.smoke), paths.figures_dir(args.smoke)
 dcfg = dataclasses.replace(DPOConfig.smoke() if args.smoke else DPOConfig(), seed=args.seed)
 tok = ensure_tokenizer(args.smoke)
-sft_params, model_cfg = ensure_sft_model(args.smoke)          # pi_ref (lesson 03; built if missing)
-pref_paths = ensure_preferences(args.smoke)                   # lesson 04's pairs (built if missing)
+sft_params, model_cfg = ensure_sft_model(args.smoke, args.seed)   # pi_ref (lesson 03; built if missing)
+pref_paths = ensure_preferences(args.smoke, args.seed)            # lesson 04's pairs (built if missing)
 N_EVAL = 1 if args.smoke else 8                               # samples per train prompt (x4 on the 8-prompt splits)
 print(dcfg)
 
@@ -126,10 +126,8 @@ print(f"mean log pi_ref(y_w|x) = {train['reference_chosen_logps'].mean():.2f}, "
 t0 = time.time()
 dpo_params, history = train_dpo(sft_params, train, model_cfg, dcfg)
 t_train = time.time() - t0
-save_checkpoint(RUNS / "dpo.ckpt", dpo_params, model_cfg,
-                {"stage": "dpo", "config": dataclasses.asdict(dcfg),
-                 "final_margin": float(history["rewards/margins"][-1])})
-print(f"trained {dcfg.steps} steps in {t_train:.0f} s; saved {RUNS / 'dpo.ckpt'}")
+saved = save_dpo_policy(args.smoke, dcfg, dpo_params, model_cfg, history, pref_paths["train"])
+print(f"trained {dcfg.steps} steps in {t_train:.0f} s; saved {saved}")
 heldout_pairs = evaluate_pairs(dpo_params, heldout, model_cfg, dcfg)
 print(f"held-out pairs: implicit-reward accuracy {heldout_pairs['rewards/accuracies']:.3f}, "
       f"margin {heldout_pairs['rewards/margins']:.3f}, loss {heldout_pairs['loss']:.3f} (log 2 = 0.693)")

@@ -50,7 +50,7 @@ from flax.training.train_state import TrainState
 from tokenizers import Tokenizer
 
 from minirlhf import ppo
-from minirlhf.checkpoint import load_checkpoint, save_checkpoint
+from minirlhf.checkpoint import ensure_checkpoint, save_checkpoint
 from minirlhf.config import check_fields
 from minirlhf.evaluation import MAX_NEW_TOKENS, PROMPT_LEN
 from minirlhf.model import (
@@ -60,13 +60,20 @@ from minirlhf.model import (
     scalar_head,
     token_logprobs,
 )
-from minirlhf.paths import runs_dir
+from minirlhf.paths import artifact_path, file_digest, recipe
 from minirlhf.pretrain import corpus_arrays, ensure_tokenizer, ptx_loss, with_ptx_rows
-from minirlhf.reward import ensure_reward_model, reward_forward
+from minirlhf.reward import ensure_reward_model, reward_forward, reward_model_path
 from minirlhf.sampling import generate
-from minirlhf.sft import ensure_sft_model
+from minirlhf.sft import ensure_sft_model, sft_model_path
 from minirlhf.tokenizer import decode_responses, encode_prompts
-from minirlhf.training import TRAINABLE, Progress, freeze_updates, gpt_labels, stop_frozen
+from minirlhf.training import (
+    TRAINABLE,
+    Progress,
+    check_finite,
+    freeze_updates,
+    gpt_labels,
+    stop_frozen,
+)
 from minirlhf.worlds.capitals import gold_correct, gold_rewards, parse_country, split_prompts
 
 VALUE_MODELS = ("shared", "separate")
@@ -391,6 +398,7 @@ def train_ppo(policy_params: dict, ref_params: dict, rm_params: dict, model_cfg:
         state, out = ppo_iteration(state, ref_params, rm_params, enc.tokens, enc.attention_mask, key,
                                    ptx, cfg=compiled_part(cfg), model_cfg=model_cfg)
         metrics = {k: float(v) for k, v in jax.device_get(out.metrics).items()}
+        check_finite("ppo", i, metrics["loss/total"])
         metrics.update(rollout_gold(tok, countries, out))
         metrics["time/iteration"] = time.perf_counter() - t0
         for name, value in metrics.items():
@@ -401,22 +409,32 @@ def train_ppo(policy_params: dict, ref_params: dict, rm_params: dict, model_cfg:
 
 # ----------------------------------------------------------------------------- the stage
 
-def save_ppo_policy(smoke: bool, params: dict, model_cfg: GPTConfig, meta: dict):
-    """Write the policy's GPT params to runs[/smoke]/ppo.ckpt (the value function is dropped)."""
-    return save_checkpoint(runs_dir(smoke) / "ppo.ckpt", params, model_cfg, {"stage": "ppo", **meta})
+def ppo_recipe(smoke: bool, cfg: PPOConfig) -> dict:
+    """What makes a PPO policy: this config, pi_ref (the SFT model of cfg.seed) and the reward
+    model of the same seed (paths.recipe)."""
+    return recipe("ppo", cfg, sft=file_digest(sft_model_path(smoke, cfg.seed)),
+                  reward=file_digest(reward_model_path(smoke, cfg.seed)))
 
 
-def ensure_ppo_policy(smoke: bool):
-    """The PPO policy from runs[/smoke]/ppo.ckpt, trained with the default PPOConfig (lesson
-    05's main run) when missing -> (params, GPTConfig)."""
-    path = runs_dir(smoke) / "ppo.ckpt"
-    if not path.exists():
-        print(f"[ppo] {path} missing: running PPO (lesson 05's stage)")
-        cfg = PPOConfig.smoke() if smoke else PPOConfig()
-        tok, (sft_params, model_cfg) = ensure_tokenizer(smoke), ensure_sft_model(smoke)
-        rm_params, _ = ensure_reward_model(smoke)
+def save_ppo_policy(smoke: bool, params: dict, model_cfg: GPTConfig, meta: dict, cfg: PPOConfig):
+    """Write the policy's GPT params of a run of `cfg` to runs[/smoke]/[seed{seed}/]ppo.ckpt, with
+    its recipe (the value function is dropped)."""
+    return save_checkpoint(artifact_path(smoke, "ppo.ckpt", cfg.seed), params, model_cfg,
+                           {"stage": "ppo", **meta, "made_by": ppo_recipe(smoke, cfg)})
+
+
+def ensure_ppo_policy(smoke: bool, seed: int = 0):
+    """The PPO policy of `seed` from runs[/smoke]/[seed{seed}/]ppo.ckpt, trained with the default
+    PPOConfig (lesson 05's main run) when missing or made by another recipe -> (params, GPTConfig)."""
+    cfg = dataclasses.replace(PPOConfig.smoke() if smoke else PPOConfig(), seed=seed)
+    tok, (sft_params, model_cfg) = ensure_tokenizer(smoke), ensure_sft_model(smoke, seed)
+    rm_params, _ = ensure_reward_model(smoke, seed)
+
+    def build():
         state, history = train_ppo(sft_params, sft_params, rm_params, model_cfg, tok, cfg)
-        save_ppo_policy(smoke, state.train_state.params["policy"], model_cfg,
-                        {"final_kl": float(history["objective/kl"][-1])})
-    params, model_cfg, _ = load_checkpoint(path)
+        return (state.train_state.params["policy"], model_cfg,
+                {"stage": "ppo", "final_kl": float(history["objective/kl"][-1])})
+
+    params, model_cfg, _ = ensure_checkpoint(artifact_path(smoke, "ppo.ckpt", seed),
+                                             ppo_recipe(smoke, cfg), build, "ppo")
     return params, model_cfg

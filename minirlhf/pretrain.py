@@ -6,7 +6,8 @@ Each corpus document is one row `<bos> doc <eos>` (right-padded); the loss cover
 token after <bos>, eos included, so the base model learns where documents end.
 
 `ensure_tokenizer` and `ensure_base_model` are what later stages call: they load the artifact
-from `runs/` or, when it is missing, build it (training the tokenizer / running this stage).
+from `runs/` or, when it is missing or was made by another recipe (seed, config, tokenizer),
+build it (training the tokenizer / running this stage); see paths.py.
 """
 
 from __future__ import annotations
@@ -17,12 +18,19 @@ import jax
 import numpy as np
 from tokenizers import Tokenizer
 
-from minirlhf.checkpoint import load_checkpoint, save_checkpoint
+from minirlhf.checkpoint import ensure_checkpoint, save_checkpoint
 from minirlhf.config import check_fields
 from minirlhf.model import GPTConfig, cross_entropy_loss, forward, init_params
-from minirlhf.paths import runs_dir
+from minirlhf.paths import artifact_path, file_digest, recipe, runs_dir
 from minirlhf.tokenizer import encode_batch, load_or_train_tokenizer
-from minirlhf.training import Progress, batches, init_train_state, make_optimizer, make_train_step
+from minirlhf.training import (
+    Progress,
+    batches,
+    check_finite,
+    init_train_state,
+    make_optimizer,
+    make_train_step,
+)
 from minirlhf.worlds.capitals import CapitalsConfig, make_corpus, tokenizer_training_texts
 
 SEQ_LEN = 50  # longest corpus document is 47 tokens + bos + eos; see lesson 01
@@ -114,6 +122,7 @@ def train_lm(params, arrays: dict, cfg: GPTConfig, *, steps: int, batch_size: in
     for i, batch in enumerate(batches(np.random.default_rng(seed), arrays, batch_size, steps), 1):
         state, metrics = step_fn(state, batch)
         history.append(float(metrics["loss"]))
+        check_finite(name, i, history[-1])
         progress(i, {"loss": metrics["loss"]})
     return state.params, np.array(history)
 
@@ -125,13 +134,37 @@ def pretrain(tok: Tokenizer, cfg: PretrainConfig, quiet: bool = False):
                     lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed, name="pretrain", quiet=quiet)
 
 
-def ensure_base_model(smoke: bool):
-    """The base model from runs/base.ckpt, pretrained (and saved) first when missing."""
-    path = runs_dir(smoke) / "base.ckpt"
-    if not path.exists():
-        print(f"[pretrain] {path} missing: pretraining the base model (lesson 02's stage)")
-        cfg = PretrainConfig.smoke() if smoke else PretrainConfig()
-        params, history = pretrain(ensure_tokenizer(smoke), cfg)
-        save_checkpoint(path, params, cfg.model, {"stage": "pretrain", "final_loss": float(history[-1])})
-    params, model_cfg, _ = load_checkpoint(path)
+def pretrain_config(smoke: bool, seed: int = 0) -> PretrainConfig:
+    """The course's pretraining run (the smoke one with smoke=True) with the given seed."""
+    return dataclasses.replace(PretrainConfig.smoke() if smoke else PretrainConfig(), seed=seed)
+
+
+def base_model_recipe(smoke: bool, cfg: PretrainConfig) -> dict:
+    """What makes the base model: this config and the tokenizer file (paths.recipe)."""
+    return recipe("pretrain", cfg, tokenizer=file_digest(runs_dir(smoke) / "tokenizer.json"))
+
+
+def base_model_path(smoke: bool, seed: int = 0):
+    """runs[/smoke]/[seed{seed}/]base.ckpt."""
+    return artifact_path(smoke, "base.ckpt", seed)
+
+
+def save_base_model(smoke: bool, cfg: PretrainConfig, params, history):
+    """Save a pretraining run of `cfg` where `ensure_base_model(smoke, cfg.seed)` finds it."""
+    return save_checkpoint(base_model_path(smoke, cfg.seed), params, cfg.model,
+                           {"stage": "pretrain", "final_loss": float(history[-1]),
+                            "made_by": base_model_recipe(smoke, cfg)})
+
+
+def ensure_base_model(smoke: bool, seed: int = 0):
+    """The base model of `seed` (runs[/smoke]/[seed{seed}/]base.ckpt), pretrained and saved first
+    when missing or made by another recipe -> (params, GPTConfig)."""
+    cfg, tok = pretrain_config(smoke, seed), ensure_tokenizer(smoke)
+
+    def build():
+        params, history = pretrain(tok, cfg)
+        return params, cfg.model, {"stage": "pretrain", "final_loss": float(history[-1])}
+
+    params, model_cfg, _ = ensure_checkpoint(base_model_path(smoke, seed),
+                                             base_model_recipe(smoke, cfg), build, "pretrain")
     return params, model_cfg

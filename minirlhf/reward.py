@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -42,11 +43,11 @@ import optax
 from tokenizers import Tokenizer
 
 from minirlhf.bradley_terry import bradley_terry_loss, grouped_bradley_terry_loss
-from minirlhf.checkpoint import load_checkpoint, save_checkpoint
+from minirlhf.checkpoint import ensure_checkpoint, save_checkpoint
 from minirlhf.config import check_fields
 from minirlhf.evaluation import sample_answers
 from minirlhf.model import GPTConfig, forward, init_scalar_head, reward_from_hidden
-from minirlhf.paths import runs_dir
+from minirlhf.paths import artifact_path, file_digest, recipe
 from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
 from minirlhf.reward_data import (
     PROMPT_SPLIT,
@@ -56,12 +57,14 @@ from minirlhf.reward_data import (
     ensure_preferences,
     load_groups,
     load_preference_data,
+    preference_paths,
 )
-from minirlhf.sft import ensure_sft_model
+from minirlhf.sft import ensure_sft_model, sft_model_path
 from minirlhf.tokenizer import unique_rows
 from minirlhf.training import (
     Progress,
     batches,
+    check_finite,
     freeze_updates,
     init_train_state,
     make_optimizer,
@@ -217,6 +220,7 @@ def train_groups(step_fn, state, arrays: dict, steps: int, batch_size: int, rng:
         state, metrics = step_fn(state, batch)
         history["loss"].append(float(metrics["loss"]))
         history["accuracy"].append(float(metrics["accuracy"]))
+        check_finite(progress.name if progress is not None else "reward", i, history["loss"][-1])
         if eval_fn is not None and (i % eval_every == 0 or i in (1, steps)):
             ev = eval_fn(state.params)
             history["eval_step"].append(i)
@@ -364,9 +368,33 @@ def canonical_ranking(rm_params: dict, cfg: GPTConfig, tok: Tokenizer, split: st
 
 # ----------------------------------------------------------------------------- the stage
 
-def save_reward_model(smoke: bool, rm_params: dict, cfg: GPTConfig, meta: dict):
-    """Write runs[/smoke]/reward.ckpt (params {"backbone", "head"}, meta e.g. normalisation)."""
-    return save_checkpoint(runs_dir(smoke) / "reward.ckpt", rm_params, cfg, {"stage": "reward", **meta})
+def reward_config(smoke: bool, seed: int = 0) -> RewardConfig:
+    """The course's reward-model run (the smoke one with smoke=True) with the given seed."""
+    return dataclasses.replace(RewardConfig.smoke() if smoke else RewardConfig(), seed=seed)
+
+
+def reward_model_recipe(smoke: bool, rcfg: RewardConfig, pref_paths: dict) -> dict:
+    """What makes a reward model: this config, the SFT model of rcfg.seed and the preference
+    files {split: path} (paths.recipe)."""
+    return recipe("reward", rcfg, sft=file_digest(sft_model_path(smoke, rcfg.seed)),
+                  preferences={s: file_digest(p) for s, p in pref_paths.items()})
+
+
+def reward_model_path(smoke: bool, seed: int = 0, train_prefs=None):
+    """runs[/smoke]/[seed{seed}/]reward.ckpt for the course's preference files; trained on another
+    train file `train_prefs`, reward-<its digest>.ckpt, so it never replaces the course's model."""
+    course = preference_paths(smoke, seed)["train"]
+    own = train_prefs is None or Path(train_prefs).resolve() == course.resolve()
+    return artifact_path(smoke, "reward.ckpt", seed, tag=None if own else file_digest(train_prefs, 8))
+
+
+def save_reward_model(smoke: bool, rm_params: dict, cfg: GPTConfig, meta: dict, rcfg: RewardConfig,
+                      pref_paths: dict):
+    """Write the reward model (params {"backbone", "head"}, meta e.g. normalisation) trained with
+    `rcfg` on `pref_paths` ({split: path}) to `reward_model_path`, with its recipe."""
+    return save_checkpoint(reward_model_path(smoke, rcfg.seed, pref_paths["train"]), rm_params, cfg,
+                           {"stage": "reward", **meta,
+                            "made_by": reward_model_recipe(smoke, rcfg, pref_paths)})
 
 
 def fit_reward_model(tok: Tokenizer, sft_params: dict, cfg: GPTConfig, groups: GroupedPreferences,
@@ -389,25 +417,23 @@ def fit_reward_model(tok: Tokenizer, sft_params: dict, cfg: GPTConfig, groups: G
                        "metrics": {g: results[g][1] for g in REGIMES}}
 
 
-def build_reward_model(smoke: bool, quiet: bool = False):
-    """`fit_reward_model` on the lesson-04 preference files, saved to runs[/smoke]/reward.ckpt
-    -> (rm_params, cfg, meta)."""
-    rcfg = RewardConfig.smoke() if smoke else RewardConfig()
-    tok, (sft_params, cfg) = ensure_tokenizer(smoke), ensure_sft_model(smoke)
-    paths = ensure_preferences(smoke)
+def build_reward_model(smoke: bool, quiet: bool = False, seed: int = 0):
+    """`fit_reward_model` on the lesson-04 preference files of `seed` -> (rm_params, cfg, meta)."""
+    rcfg = reward_config(smoke, seed)
+    tok, (sft_params, cfg) = ensure_tokenizer(smoke), ensure_sft_model(smoke, seed)
+    paths = ensure_preferences(smoke, seed)
     data = load_preference_data(tok, paths, SEQ_LEN, model_max_len=cfg.max_len)
     groups = load_groups(tok, paths["train"])
     rm_params, meta = fit_reward_model(tok, sft_params, cfg, groups, data, rcfg, quiet=quiet)
-    save_reward_model(smoke, rm_params, cfg, meta)
-    return rm_params, cfg, meta
+    return rm_params, cfg, {"stage": "reward", **meta}
 
 
-def ensure_reward_model(smoke: bool):
-    """The normalised reward model from runs[/smoke]/reward.ckpt, built (lesson 04's stage) when
-    missing -> (rm_params {"backbone", "head"}, GPTConfig)."""
-    path = runs_dir(smoke) / "reward.ckpt"
-    if not path.exists():
-        print(f"[reward] {path} missing: training the reward model (lesson 04's stage)")
-        build_reward_model(smoke)
-    rm_params, cfg, _ = load_checkpoint(path)
+def ensure_reward_model(smoke: bool, seed: int = 0):
+    """The normalised reward model of `seed` from runs[/smoke]/[seed{seed}/]reward.ckpt, built
+    (lesson 04's stage) when missing or made by another recipe -> (rm_params {"backbone",
+    "head"}, GPTConfig)."""
+    paths = ensure_preferences(smoke, seed)
+    want = reward_model_recipe(smoke, reward_config(smoke, seed), paths)
+    rm_params, cfg, _ = ensure_checkpoint(reward_model_path(smoke, seed), want,
+                                          lambda: build_reward_model(smoke, seed=seed), "reward")
     return rm_params, cfg

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -57,9 +58,9 @@ from minirlhf.config import check_fields
 from minirlhf.data import read_preferences, write_preferences
 from minirlhf.evaluation import sample_answers
 from minirlhf.model import GPTConfig
-from minirlhf.paths import runs_dir
+from minirlhf.paths import artifact_path, atomic_write, build_lock, file_digest, recipe
 from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
-from minirlhf.sft import ensure_sft_model
+from minirlhf.sft import ensure_sft_model, sft_model_path
 from minirlhf.tokenizer import PAD_ID, EncodedBatch, encode_batch, encode_text
 from minirlhf.worlds.capitals import (
     CapitalsConfig,
@@ -109,9 +110,9 @@ class PreferenceConfig:
         return cls(groups_per_prompt=1, responses_per_group=4, eval_pairs_per_prompt=4)
 
 
-def preference_paths(smoke: bool) -> dict[str, Path]:
-    """{split: runs[/smoke]/preferences_{split}.jsonl} for train, valid, heldout and ood."""
-    return {s: runs_dir(smoke) / f"preferences_{s}.jsonl" for s in PREFERENCE_SPLITS}
+def preference_paths(smoke: bool, seed: int = 0) -> dict[str, Path]:
+    """{split: runs[/smoke]/[seed{seed}/]preferences_{split}.jsonl} for train, valid, heldout, ood."""
+    return {s: artifact_path(smoke, f"preferences_{s}.jsonl", seed) for s in PREFERENCE_SPLITS}
 
 
 # ----------------------------------------------------------------------------- collection
@@ -164,15 +165,27 @@ def build_preferences(params, cfg: GPTConfig, tok: Tokenizer, pcfg: PreferenceCo
     return paths
 
 
-def ensure_preferences(smoke: bool) -> dict[str, Path]:
-    """{split: path} of runs[/smoke]/preferences_{train,valid,heldout,ood}.jsonl, collected from the SFT
-    model (built first if needed) when any of them is missing."""
-    paths = preference_paths(smoke)
-    if not all(p.exists() for p in paths.values()):
-        print(f"[preferences] collecting preference pairs into {runs_dir(smoke)} (lesson 04's data)")
-        params, cfg = ensure_sft_model(smoke)
-        pcfg = PreferenceConfig.smoke() if smoke else PreferenceConfig()
-        build_preferences(params, cfg, ensure_tokenizer(smoke), pcfg, paths)
+def ensure_preferences(smoke: bool, seed: int = 0) -> dict[str, Path]:
+    """{split: path} of runs[/smoke]/[seed{seed}/]preferences_{train,valid,heldout,ood}.jsonl,
+    collected from the SFT model of `seed` (built first if needed) when a file is missing, was
+    changed, or was made by another recipe.  The recipe and the files' digests are kept beside
+    them in preferences.json (a JSONL file has no room for them), written last."""
+    paths = preference_paths(smoke, seed)
+    manifest = artifact_path(smoke, "preferences.json", seed)
+    params, cfg = ensure_sft_model(smoke, seed)
+    pcfg = dataclasses.replace(PreferenceConfig.smoke() if smoke else PreferenceConfig(), seed=seed)
+    want = recipe("preferences", pcfg, sft=file_digest(sft_model_path(smoke, seed)))
+    with build_lock(manifest):
+        try:
+            doc = json.loads(manifest.read_text())
+            ok = doc["made_by"] == want and doc["files"] == {s: file_digest(p) for s, p in paths.items()}
+        except (OSError, ValueError, KeyError, TypeError):   # missing or damaged manifest / file
+            ok = False
+        if not ok:
+            print(f"[preferences] collecting preference pairs into {manifest.parent} (lesson 04's data)")
+            build_preferences(params, cfg, ensure_tokenizer(smoke), pcfg, paths)
+            files = {s: file_digest(p) for s, p in paths.items()}
+            atomic_write(manifest, json.dumps({"made_by": want, "files": files}, indent=1).encode())
     return paths
 
 
@@ -219,14 +232,32 @@ def _gold(record: dict, which: str) -> float:
         return float("nan")
 
 
-def needed_length(tok: Tokenizer, records: Sequence[dict], source: str = "records") -> int:
-    """Longest `<bos> prompt response <eos>` over both responses of every record.  A character
-    the tokenizer cannot encode is a ValueError naming `source` (e.g. the file), line and field."""
+def pair_lengths(tok: Tokenizer, records: Sequence[dict], source: str = "records") -> np.ndarray:
+    """[N] the longer `<bos> prompt response <eos>` of each record's two responses, in tokens.  A
+    character the tokenizer cannot encode is a ValueError naming `source` (e.g. the file), line
+    and field."""
     def n_tokens(i, r, field):
         return len(encode_text(tok, r[field], what=f"{source} line {i} field {field!r}"))
-    lengths = [2 + n_tokens(i, r, "prompt") + n_tokens(i, r, w)
-               for i, r in enumerate(records, start=1) for w in ("chosen", "rejected")]
-    return max(lengths, default=0)
+    return np.array([2 + n_tokens(i, r, "prompt") + max(n_tokens(i, r, w) for w in ("chosen", "rejected"))
+                     for i, r in enumerate(records, start=1)], np.int64)
+
+
+def needed_length(tok: Tokenizer, records: Sequence[dict], source: str = "records") -> int:
+    """Longest `<bos> prompt response <eos>` over both responses of every record (`pair_lengths`)."""
+    return int(pair_lengths(tok, records, source).max(initial=0))
+
+
+def check_fits(tok: Tokenizer, records: Sequence[dict], max_len: int, source: str = "records") -> int:
+    """needed_length of the records; a ValueError naming `source` and the first line whose pair
+    needs more than max_len tokens (GPTConfig.max_len) if any does."""
+    lengths = pair_lengths(tok, records, source)
+    too_long = np.flatnonzero(lengths > max_len)
+    if too_long.size:
+        i = int(too_long[0])
+        raise ValueError(f"{source} line {i + 1}: the pair needs {lengths[i]} tokens > "
+                         f"GPTConfig.max_len={max_len} ({too_long.size} of {len(lengths)} pairs "
+                         "are too long); shorten or drop them")
+    return int(lengths.max(initial=0))
 
 
 def encode_preferences(tok: Tokenizer, records: Sequence[dict], max_len: int = SEQ_LEN) -> PreferenceData:
@@ -249,11 +280,10 @@ def load_preference_data(tok: Tokenizer, paths: dict[str, Path], max_len: int,
     """{split: path} -> {split: PreferenceData}, every split at the same width (one jit shape):
     max_len, or longer (up to what the files need) when a response does not fit.  A file that
     needs more than model_max_len tokens (the model's GPTConfig.max_len) is a ValueError."""
-    records = {s: read_preferences(p) for s, p in paths.items()}
-    needed = {s: needed_length(tok, r, source=str(paths[s])) for s, r in records.items()}
-    for s, n in needed.items():
-        if model_max_len is not None and n > model_max_len:
-            raise ValueError(f"{paths[s]}: a pair needs {n} tokens > GPTConfig.max_len={model_max_len}")
+    records = {s: read_preferences(p) for s, p in paths.items()}   # parsed once per file (data.py)
+    needed = {s: (needed_length(tok, r, source=str(paths[s])) if model_max_len is None
+                  else check_fits(tok, r, model_max_len, source=str(paths[s])))
+              for s, r in records.items()}
     width = max([max_len, *needed.values()])
     return {s: encode_preferences(tok, r, width) for s, r in records.items()}
 

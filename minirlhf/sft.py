@@ -21,10 +21,17 @@ import dataclasses
 import numpy as np
 from tokenizers import Tokenizer
 
-from minirlhf.checkpoint import load_checkpoint, save_checkpoint
+from minirlhf.checkpoint import ensure_checkpoint, save_checkpoint
 from minirlhf.config import check_fields
-from minirlhf.paths import runs_dir
-from minirlhf.pretrain import SEQ_LEN, corpus_arrays, ensure_base_model, ensure_tokenizer, train_lm
+from minirlhf.paths import artifact_path, file_digest, recipe
+from minirlhf.pretrain import (
+    SEQ_LEN,
+    base_model_path,
+    corpus_arrays,
+    ensure_base_model,
+    ensure_tokenizer,
+    train_lm,
+)
 from minirlhf.tokenizer import encode_batch
 from minirlhf.worlds.capitals import CapitalsConfig, make_sft_demos
 
@@ -77,14 +84,38 @@ def sft(params, model_cfg, tok: Tokenizer, cfg: SFTConfig, world: CapitalsConfig
                     weight_decay=cfg.weight_decay, seed=cfg.seed, name="sft", quiet=quiet)
 
 
-def ensure_sft_model(smoke: bool):
-    """pi_ref from runs/sft.ckpt; fine-tuned from the base model (built if needed) when missing."""
-    path = runs_dir(smoke) / "sft.ckpt"
-    if not path.exists():
-        print(f"[sft] {path} missing: fine-tuning the base model (lesson 03's stage)")
-        base, model_cfg = ensure_base_model(smoke)
-        params, history = sft(base, model_cfg, ensure_tokenizer(smoke),
-                              SFTConfig.smoke() if smoke else SFTConfig())
-        save_checkpoint(path, params, model_cfg, {"stage": "sft", "final_loss": float(history[-1])})
-    params, model_cfg, _ = load_checkpoint(path)
+def sft_config(smoke: bool, seed: int = 0) -> SFTConfig:
+    """The course's SFT run (the smoke one with smoke=True) with the given seed."""
+    return dataclasses.replace(SFTConfig.smoke() if smoke else SFTConfig(), seed=seed)
+
+
+def sft_recipe(smoke: bool, cfg: SFTConfig) -> dict:
+    """What makes pi_ref: this config and the base model of the same seed (paths.recipe)."""
+    return recipe("sft", cfg, base=file_digest(base_model_path(smoke, cfg.seed)))
+
+
+def sft_model_path(smoke: bool, seed: int = 0):
+    """runs[/smoke]/[seed{seed}/]sft.ckpt."""
+    return artifact_path(smoke, "sft.ckpt", seed)
+
+
+def save_sft_model(smoke: bool, cfg: SFTConfig, params, model_cfg, history):
+    """Save an SFT run of `cfg` (from the base model of cfg.seed) where `ensure_sft_model` finds it."""
+    return save_checkpoint(sft_model_path(smoke, cfg.seed), params, model_cfg,
+                           {"stage": "sft", "final_loss": float(history[-1]),
+                            "made_by": sft_recipe(smoke, cfg)})
+
+
+def ensure_sft_model(smoke: bool, seed: int = 0):
+    """pi_ref of `seed` from runs[/smoke]/[seed{seed}/]sft.ckpt; fine-tuned from the base model of
+    the same seed (built if needed) when missing or made by another recipe -> (params, GPTConfig)."""
+    base, model_cfg = ensure_base_model(smoke, seed)
+    cfg = sft_config(smoke, seed)
+
+    def build():
+        params, history = sft(base, model_cfg, ensure_tokenizer(smoke), cfg)
+        return params, model_cfg, {"stage": "sft", "final_loss": float(history[-1])}
+
+    params, model_cfg, _ = ensure_checkpoint(sft_model_path(smoke, seed), sft_recipe(smoke, cfg),
+                                             build, "sft")
     return params, model_cfg

@@ -25,15 +25,15 @@ encoding the joined text.
 
 from __future__ import annotations
 
-import os
 import string
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from minirlhf.paths import atomic_write
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2 in this order
@@ -96,16 +96,15 @@ def load_or_train_tokenizer(path, texts: Sequence[str],
     rebuilt byte for byte.  A stale file (other texts) is NOT detected: delete it to retrain."""
     path = Path(path)
     if path.exists():
-        tok = Tokenizer.from_file(str(path))
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # noqa: BLE001 (the tokenizers library raises a bare Exception)
+            raise ValueError(f"tokenizer {path}: not a readable tokenizer.json ({e}); delete it "
+                             "to retrain") from None
         _check_special_ids(tok, str(path))
         return tok
     tok = train_tokenizer(texts, vocab_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(tok.to_str(pretty=True))
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, path)
+    atomic_write(path, tok.to_str(pretty=True).encode("utf-8"))
     return tok
 
 
@@ -121,8 +120,11 @@ def _check_text(text, what: str) -> None:
         raise ValueError(f"{what}: expected str, got {type(text).__name__}")
     bad = sorted(set(text) - ALPHABET)
     if bad:
-        raise ValueError(f"{what}: characters {bad!r} are outside the tokenizer's alphabet "
-                         f"(printable ASCII): {text!r}")
+        at = min(text.index(c) for c in bad)
+        excerpt = text[max(at - 30, 0):at + 30]
+        raise ValueError(f"{what}: characters {bad[:10]!r} are outside the tokenizer's alphabet "
+                         f"(printable ASCII); the first at character {at} of {len(text)}: "
+                         f"...{excerpt!r}...")
 
 
 # ----------------------------------------------------------------------------- encoding

@@ -7,6 +7,7 @@ one jitted function doing forward, backward and the optimizer update.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from functools import partial
@@ -91,6 +92,15 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
         return TrainState(params, opt_state, state.step + 1), metrics
 
     return train_step
+
+
+def check_finite(stage: str, step: int, loss: float) -> None:
+    """Stop a training loop at its first non-finite loss, naming the stage and the step (a NaN
+    would otherwise train on silently and fail far from its cause).  Called where the loop
+    already has the loss on the host, so it adds no device synchronisation."""
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"[{stage}] step {step}: the loss is {loss}; training stopped (check "
+                                 "the inputs' checkpoints and data, or lower the learning rate)")
 
 
 def batches(rng: np.random.Generator, arrays: dict, batch_size: int, steps: int):
