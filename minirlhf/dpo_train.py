@@ -225,7 +225,6 @@ def train_dpo(params, arrays: dict, cfg: GPTConfig, dcfg: DPOConfig, quiet: bool
         for k, v in metrics.items():
             history.setdefault(k, []).append(float(v))
         check_finite(f"dpo/{dcfg.loss_type}", i, history["loss"][-1])
-        check_finite(f"dpo/{dcfg.loss_type}", i, history["loss"][-1])
         progress(i, {k: metrics[k] for k in ("loss", "rewards/margins", "rewards/accuracies")})
     return state.params, {k: np.array(v) for k, v in history.items()}
 
