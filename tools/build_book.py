@@ -218,6 +218,8 @@ pre { margin: 0; padding: .7rem .9rem; overflow-x: auto; line-height: 1.45; }
 .input_area .highlight, .input_area pre { background: none; }
 .output_area pre, .output_subarea pre { background: var(--out-bg); color: #24292e;
   border-left: 3px solid var(--rule); padding: .4rem .9rem; font-size: 13px; }
+@media (min-width: 50rem) {   /* wide screens wrap long printed lines; phones scroll (tables) */
+  .output_area pre, .output_subarea pre { white-space: pre-wrap; overflow-wrap: anywhere; } }
 .output_stderr pre { border-left-color: #e0b252; color: #6b5520; }
 .output_png, .output_subarea img { text-align: center; }
 img { max-width: 100%; height: auto; }
@@ -231,6 +233,7 @@ math[display="block"] { display: block; margin: 1rem 0; padding: .4em 0; overflo
 math { font-size: 1.05em; }
 blockquote { border-left: 3px solid var(--rule); margin: 1rem 0; padding: 0 1rem;
              color: var(--muted); }
+table.contents { width: 100%; }
 table.contents td { border: none; border-bottom: 1px solid var(--rule); padding: .5rem .6rem; }
 table.contents td.time { text-align: right; white-space: nowrap; color: var(--muted);
   font: 14px system-ui, "DejaVu Sans", Arial, sans-serif; }
