@@ -20,11 +20,13 @@ import time
 from collections import Counter
 
 import jax
+import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
 from minirlhf import paths
 from minirlhf import reward as rm
+from minirlhf.bradley_terry import bradley_terry_loss, grouped_bradley_terry_loss
 from minirlhf.data import describe_preferences, read_preferences
 from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
 from minirlhf.reward_data import (
@@ -123,6 +125,49 @@ for r in records["train"][:4]:
 # stop_gradient on the backbone and masks its optimizer updates (the frozen backbone stays
 # bit-for-bit the SFT model), `regime="full"` trains everything.
 
+#
+# **The loss on five hand-made pairs.**  Before the transformer: the package's
+# `bradley_terry_loss` and its `jax.grad` on five pairs of made-up rewards, beside the same numbers
+# from the equation in plain `jnp`.  With m_i = r_w,i - r_l,i and B pairs,
+#
+#     L = -(1/B) sum_i log sigma(m_i),    dL/dr_w,i = -sigma(-m_i) / B,    dL/dr_l,i = +sigma(-m_i) / B:
+#
+# each pair is pushed apart with weight sigma(-m_i), the probability the model gives to the label
+# being the other way round.
+
+# %%
+sigmoid = lambda z: 1 / (1 + jnp.exp(-z))
+r_w = jnp.array([1.0, 0.5, -0.2, 2.0, 0.3])     # r_phi(x, y_w) of five hand-made pairs  [B]
+r_l = jnp.array([0.0, 0.8, -1.0, -1.0, 0.3])    # r_phi(x, y_l)                          [B]
+bt = lambda a, b: bradley_terry_loss(a, b)[0]
+m = r_w - r_l                                     # [B]
+print(f"{'':<8}{'package':>10}{'by hand':>10}")
+print(f"{'loss':<8}{float(bt(r_w, r_l)):>10.4f}{float(-jnp.mean(jnp.log(sigmoid(m)))):>10.4f}")
+g_w, g_l = jax.grad(bt, argnums=(0, 1))(r_w, r_l)
+print(f"{'pair':>4}{'m_i':>7}{'dL/dr_w package':>17}{'by hand':>9}{'dL/dr_l package':>17}{'by hand':>9}")
+for i in range(len(m)):
+    print(f"{i:>4}{float(m[i]):>7.2f}{float(g_w[i]):>17.4f}{float(-sigmoid(-m[i]) / len(m)):>9.4f}"
+          f"{float(g_l[i]):>17.4f}{float(sigmoid(-m[i]) / len(m)):>9.4f}")
+
+# %% [markdown]
+# The grouped loss on one hand-made group of K = 3 answers that the rater ranked y_0 > y_1 > y_2
+# (three comparisons, W_01 = W_02 = W_12 = 1): the mean over the group's comparisons, by hand a
+# loop over them, each adding -sigma(-(r_i - r_j)) / |C| to dL/dr_i and the opposite to dL/dr_j.
+
+# %%
+group_r = jnp.array([[0.4, 0.9, -0.3]])                        # r_phi of the K = 3 answers  [G=1, K]
+wins = jnp.array([[[0, 1, 1], [0, 0, 1], [0, 0, 0]]], jnp.float32)   # W_ij = 1: y_i beat y_j  [1, K, K]
+loss_g, grad_g = jax.value_and_grad(lambda r: grouped_bradley_terry_loss(r, wins)[0])(group_r)
+loss_h, grad_h = 0.0, [0.0, 0.0, 0.0]
+comparisons = [(0, 1), (0, 2), (1, 2)]
+for i, j in comparisons:
+    loss_h += -jnp.log(sigmoid(group_r[0, i] - group_r[0, j])) / len(comparisons)
+    grad_h[i] += -sigmoid(-(group_r[0, i] - group_r[0, j])) / len(comparisons)
+    grad_h[j] += sigmoid(-(group_r[0, i] - group_r[0, j])) / len(comparisons)
+print(f"{'':<10}{'package':>10}{'by hand':>10}")
+print(f"{'loss':<10}{float(loss_g):>10.4f}{float(loss_h):>10.4f}")
+for k in range(3):
+    print(f"{f'dL/dr_{k}':<10}{float(grad_g[0, k]):>10.4f}{float(grad_h[k]):>10.4f}")
 # %%
 k_head, k_ref = jax.random.split(jax.random.PRNGKey(args.seed))
 init = rm.init_reward_model(k_head, sft_params, cfg)
@@ -188,9 +233,8 @@ print(f"\nkept for lesson 05: the '{best}' regime (lower Bradley-Terry loss on t
 # * **Full fine-tuning fits the distribution** (valid accuracy 0.83 against the Bayes rate of
 #   0.85, gold agreement 0.91, and it ranks the right canonical answer above the neighbour's for
 #   all 32 train countries) and is kept: it has the lower valid loss.  The K-wise comparisons
-#   are what got it there: trained on 2149 independent pairs from the same 5120 samples (this
-#   lesson until session 8), it reached 0.77; more steps on those pairs stopped near 0.80 and
-#   then overfitted (`benchmarks/experiments/rm_capacity/`).
+#   help it get there: the same 5120 samples give 15207 comparisons instead of 2149 independent
+#   pairs, and each group's comparisons move the model together (section 2).
 # * **Neither generalises to countries it never saw**, and the full model is worse than chance
 #   there: it learned which capital words appear in good answers, and a held-out capital only
 #   ever appeared in the train responses as a *wrong* answer (section 6).

@@ -10,8 +10,8 @@
 #                + gamma E_{x ~ D_pretrain} [ log pi_theta(x) ]
 #
 # The last term ("PPO-ptx", gamma = `PPOConfig.ptx_coef`, 0 by default) keeps the policy a good
-# language model of the pretraining corpus; sections 6 and 8 show what it does on prompts PPO
-# never sees.
+# language model of the pretraining corpus; lesson 09 shows what it does on prompts PPO never
+# sees.
 #
 # Why the KL term?  r_phi is only trustworthy near the data it was fitted on (samples of
 # pi_ref).  Far from pi_ref, a policy can find responses that r_phi scores high and the
@@ -24,6 +24,7 @@
 import time
 
 import jax
+import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -32,7 +33,6 @@ from minirlhf.evaluation import evaluate_policy, format_table, sample_answers
 from minirlhf.exact import training as et
 from minirlhf.exact import world as exact
 from minirlhf.exact.world import ExactWorldConfig, make_exact_world
-from minirlhf.model import tempered
 from minirlhf.pretrain import corpus_arrays, ensure_tokenizer
 from minirlhf.reward import ensure_reward_model
 from minirlhf.sft import ensure_sft_model
@@ -77,7 +77,7 @@ def evaluate(params, names=("train", "heldout", "ood")):
 # %%
 enc = encode_prompts(tok, splits["train"], max_len=cfg.prompt_len)
 state0 = ppo_train.init_ppo_state(ref_params, rm_params, model_cfg, cfg, jax.random.PRNGKey(args.seed))
-ptx_table = corpus_arrays(tok)   # pretraining documents for the PPO-ptx term (section 6)
+ptx_table = corpus_arrays(tok)   # pretraining documents for the PPO-ptx term (lesson 09)
 _, out0 = ppo_train.ppo_iteration(state0, ref_params, rm_params, enc.tokens, enc.attention_mask,
                              jax.random.PRNGKey(1), ptx_table, cfg=ppo_train.compiled_part(cfg),
                              model_cfg=model_cfg)
@@ -134,6 +134,55 @@ print(np.round(row, 3))
 # shared head, with a small vf_coef so the critic's regression barely moves the policy's
 # features (benchmarks/bench_ppo.py --value-model separate measures the cost).
 #
+# **The equations on a 5-token toy.**  Before any training, the package's pure functions run on
+# one hand-made response of 5 tokens, beside the same numbers computed here from the equations
+# with plain `jnp`: GAE as the explicit backwards recursion (gamma = 1, lambda = 0.95, V = 0 after
+# the last token), and the clipped surrogate with its clip fraction (the share of tokens with
+# |rho_t - 1| > eps) and its gradient
+#
+#     dL/d log pi_theta(y_t) = -A_t rho_t / n   where the unclipped term is the max,  0 where the
+#                                               clipped one is (n = number of response tokens).
+
+# %%
+toy_rewards = jnp.array([[0.0, -0.1, 0.05, -0.05, 1.0]])   # R_t: -beta k1_t, r_phi on the last  [1, 5]
+toy_values = jnp.array([[0.2, 0.3, 0.1, 0.5, 0.4]])        # V(s_t)                            [1, 5]
+toy_mask = jnp.ones((1, 5))
+adv_pkg, ret_pkg = ppo.gae(toy_rewards, toy_values, toy_mask, gamma=1.0, lam=0.95)
+adv_hand, next_v, next_a = [0.0] * 5, 0.0, 0.0
+for t in reversed(range(5)):                               # delta_t = R_t + gamma V_{t+1} - V_t
+    delta = toy_rewards[0, t] + 1.0 * next_v - toy_values[0, t]
+    adv_hand[t] = delta + 1.0 * 0.95 * next_a               # A_t = delta_t + gamma lambda A_{t+1}
+    next_v, next_a = toy_values[0, t], adv_hand[t]
+adv_hand = jnp.array(adv_hand)
+print(f"{'t':>3}{'A_t package':>14}{'A_t by hand':>14}{'ret package':>14}{'ret by hand':>14}")
+for t in range(5):
+    print(f"{t:>3}{float(adv_pkg[0, t]):>14.5f}{float(adv_hand[t]):>14.5f}"
+          f"{float(ret_pkg[0, t]):>14.5f}{float(adv_hand[t] + toy_values[0, t]):>14.5f}")
+
+eps = 0.2
+old_logps = jnp.array([[-1.0, -2.0, -0.5, -1.5, -0.7]])        # log pi_old(y_t)           [1, 5]
+new_logps = old_logps + jnp.array([[0.0, 0.1, 0.3, -0.3, -0.05]])   # log pi_theta(y_t)    [1, 5]
+toy_adv = jnp.array([[1.0, -0.5, 0.8, 0.6, -1.2]])              # hand-made A_t            [1, 5]
+(loss_pkg, m_pkg), grad_pkg = jax.value_and_grad(ppo.policy_loss, has_aux=True)(
+    new_logps, old_logps, toy_adv, toy_mask, eps)
+rho = jnp.exp(new_logps - old_logps)
+unclipped, clipped = -toy_adv * rho, -toy_adv * jnp.clip(rho, 1 - eps, 1 + eps)
+loss_hand = jnp.mean(jnp.maximum(unclipped, clipped))
+grad_hand = jnp.where(unclipped >= clipped, -toy_adv * rho / 5, 0.0)
+print(f"\n{'':<18}{'package':>10}{'by hand':>10}")
+print(f"{'clipped surrogate':<18}{float(loss_pkg):>10.4f}{float(loss_hand):>10.4f}")
+print(f"{'clip fraction':<18}{float(m_pkg['policy/clipfrac']):>10.4f}"
+      f"{float(jnp.mean(jnp.abs(rho - 1) > eps)):>10.4f}")
+print(f"{'t':>3}{'rho_t':>8}{'A_t':>7}{'dL/dlogpi package':>20}{'by hand':>10}")
+for t in range(5):
+    print(f"{t:>3}{float(rho[0, t]):>8.3f}{float(toy_adv[0, t]):>7.2f}"
+          f"{float(grad_pkg[0, t]) + 0.0:>20.4f}{float(grad_hand[0, t]) + 0.0:>10.4f}")   # + 0.0: no -0
+
+# %% [markdown]
+# Token 2 (rho = 1.35, A > 0) is clipped: its gradient is 0, PPO will not push it further.
+# Token 3 (rho = 0.74, A > 0) is outside the clip range too, and counts in the clip fraction, but
+# there the unclipped term is the pessimistic one: the gradient still pulls it back up.
+#
 # **The whole iteration** (rollout -> scoring -> shaping -> GAE -> epochs x minibatches of
 # updates under `lax.scan` -> KL controller) is one jitted function, `ppo_train.ppo_iteration`,
 # called once per iteration from the Python loop below.
@@ -162,7 +211,7 @@ fig.suptitle(f"PPO on the capitals world (beta = {cfg.kl.init_beta}, rollout sam
 fig.tight_layout()
 fig.savefig(FIGURES / "05_ppo_curves.png", dpi=120)
 print(f"{'iteration':>10}" + "".join(f"{n:>20}" for n, _ in panels) + f"{'gold/accuracy':>16}")
-for i in sorted(set([0, len(its) // 4, len(its) // 2, 3 * len(its) // 4, len(its) - 1])):
+for i in sorted({0, len(its) // 4, len(its) // 2, 3 * len(its) // 4, len(its) - 1}):
     print(f"{i + 1:>10}" + "".join(f"{history[n][i]:>20.3f}" for n, _ in panels)
           + f"{history['gold/accuracy'][i]:>16.3f}")
 
@@ -199,20 +248,13 @@ print(f"held-out gold accuracy: SFT {results['SFT heldout']['gold/accuracy']:.3f
       f"{results['PPO heldout']['kl']:.2f} nats")
 
 # %% [markdown]
-# ## 6. The alignment tax
-#
-# PPO raised gold accuracy on the train prompts and lowered it on held-out countries (the table
-# above; the same over 3 seeds, see the README).  PPO's reward comes from train prompts only,
-# and what it learns there is partly about *tokens*: train countries and train capitals are what
-# good answers contain.  Asked about a held-out country, such a policy starts answering about a
-# train country ("The capital of Peru is Lima." to "What's the capital of Portugal?"), and the
-# reward model, which never learnt to check the answer against the question, scores that well.
-# InstructGPT's remedy is the pretraining term ("PPO-ptx", `ptx_coef` = gamma = 1, Ouyang et al.
-# 2022 eq. 2): a next-token loss on pretraining documents in every PPO minibatch keeps the policy
-# able to talk about every country in the corpus.  `benchmarks/heldout_seeds.py` measures it over 3
-# seeds: it removes the tax but adds little on held-out prompts.  Section 8 tries something else.
-#
-# ## 7. The role of beta
+# PPO's reward comes from the train prompts only: gold accuracy rises there, and on held-out
+# countries it gains little or falls.  Lesson 09 measures why (the policy learns partly which
+# *tokens* good train answers contain), what InstructGPT's pretraining term does about it, and
+# what carries over when PPO may change only the final LayerNorm.
+
+# %% [markdown]
+# ## 6. The role of beta
 #
 # Three betas at the same learning rate: 0, the main run's 0.5 and 2 (0.5 we picked by a small
 # sweep on the gold reward, which real RLHF cannot see: there one tunes beta on held-out human
@@ -221,16 +263,12 @@ print(f"held-out gold accuracy: SFT {results['SFT heldout']['gold/accuracy']:.3f
 # finds some, the learned reward keeps rising while the gold reward stalls or falls (reward
 # hacking, Gao et al. 2023).  With beta = 2 the penalty dominates and the policy barely moves.
 #
-# While tuning (on an earlier reward model) the hacked policy answered "The capital of Spain
-# is Madrid." to most questions, whatever the country.  The printout below says whether this
-# run reproduces the pattern (gold peaking early while r_phi keeps rising), from its own numbers.
-# It depends on the reward model.  With the one lesson 04 trained on 2149 independent pairs
-# (until session 8), beta = 0 peaked at gold reward 0.68 in iteration 5 and fell to 0.33 at a KL
-# of 5 nats.  With today's (K-wise comparisons, 0.83 valid accuracy) `make lessons` printed no
-# fall within 30 iterations: beta = 0 ended at the same gold reward as beta = 0.5 (0.80) at three
-# times the KL (1.44 vs 0.43 nats).  A better reward model moves the point where hacking starts
-# further out (Gao et al. 2023 find the same with larger reward models); the KL it costs to get
-# there is what beta still buys.
+# The printout below says whether this run shows the pattern (gold peaking early while r_phi
+# keeps rising), from its own numbers.  When hacking starts depends on the reward model.  Lesson
+# 04's (K-wise comparisons, 0.83 valid accuracy) is not hacked within 30 iterations: beta = 0 ends
+# at the same gold reward as beta = 0.5 (0.80) at three times the KL (1.44 vs 0.43 nats).  A
+# better reward model moves the point where hacking starts further out (Gao et al. 2023 find the
+# same with larger reward models); the KL it costs to get there is what beta still buys.
 
 # %%
 SWEEP = (0.0, cfg.kl.init_beta, 2.0)
@@ -263,79 +301,7 @@ print(f"beta = {SWEEP[0]}: gold reward peaked at iteration {peak + 1} ({small['g
       f"and ended at {small['gold/reward'][tail].mean():.3f} while r_phi went "
       f"{small['objective/scores'][peak]:.3f} -> {small['objective/scores'][tail].mean():.3f}")
 # %% [markdown]
-# ## 8. What PPO is allowed to change decides what carries to new prompts
-# Every run so far updated all ~0.35M weights.  On the train prompts that works, but on held-out
-# countries it gains little or loses (section 6): with every weight free, PPO can make a change
-# *specific to each train country* (this prompt -> that capital), which says nothing about
-# Portugal.  Now restrict PPO to the final LayerNorm ln_f (`PPOConfig.trainable="final_norm"`:
-# its gain and bias, 2 x d_model = 192 numbers, a parameter-efficient regime in the spirit of
-# BitFit, Ben Zaken et al. 2022).  ln_f sits under every prompt at once, so whatever PPO learns
-# there must hold for every prompt at once.  The same run as the main one otherwise (beta = 0.5)
-# plus the ptx term (gamma = 1), with a learning rate fit for 192 numbers of order 1 (3e-2, picked
-# like beta by a small sweep: 1e-2 moved too little, 1e-1 drifted further from pi_ref for the same
-# gain) and 20 iterations instead of 30 (its rollouts' gold accuracy levels off by then).
-#
-# Which shared change does the reward favour?  The SFT model's temperature-1 samples are right
-# only ~40% of the time on held-out countries, but its samples at lower temperatures (printed
-# below) are right far more often: the knowledge is there, the samples are spread out.
-# So the fair baseline is not pi_ref at temperature 1 but pi_ref at a LOWER temperature, which
-# needs no preferences at all.  Its cost is a KL too: KL(pi_T || pi_ref), estimated on samples of
-# pi_T exactly like the policies' KL.  And temperature lives inside the final-norm regime: the
-# logits are linear in ln_f's (g, b), so (g/T, b/T) IS pi_ref at temperature T
-# (`model.tempered`).  Final-norm PPO can reach every point of the temperature curve, and 190 other
-# directions besides: does it find anything better than a temperature?  The figure puts every policy of this lesson on the same
-# held-out axes: accuracy against KL, with the temperature curve as the reference line.
-
-# %%
-FINAL_NORM_LR = 3e-2
-fn_cfg = ppo_train.PPOConfig(**{**cfg.__dict__, "trainable": "final_norm", "lr": FINAL_NORM_LR, "ptx_coef": 1.0,
-                           "n_iterations": max(2 * cfg.n_iterations // 3, 1)})
-fn_state, fn_history = ppo_train.train_ppo(ref_params, ref_params, rm_params, model_cfg, tok, fn_cfg, quiet=True)
-fn_policy = fn_state.train_state.params["policy"]
-fn_eval = evaluate(fn_policy)
-TEMPERATURES = (0.8, 0.7, 0.6)   # pi_ref at temperature T, as weights: ln_f's (g, b) / T (model.tempered)
-tempered_ref = {T: evaluate(tempered(ref_params, T), ("train", "heldout")) for T in TEMPERATURES}
-rows = [("SFT (pi_ref), T = 1", {s: results[f"SFT {s}"] for s in ("train", "heldout")}),
-        *[(f"pi_ref at T = {T}", tempered_ref[T]) for T in TEMPERATURES],
-        ("PPO, all weights (main run)", {s: results[f"PPO {s}"] for s in ("train", "heldout")}),
-        ("PPO-ptx, final norm only", fn_eval)]
-print(f"{'gold accuracy (KL to pi_ref, nats)':<34}{'train':>16}{'held-out':>16}")
-for name, ev in rows:
-    print(f"{name:<34}" + "".join(f"{ev[s]['gold/accuracy']:>9.3f} ({abs(ev[s]['kl']):4.2f})"
-                                   for s in ("train", "heldout")))
-print(f"held-out gold accuracy: SFT {results['SFT heldout']['gold/accuracy']:.3f} -> final-norm PPO-ptx "
-      f"{fn_eval['heldout']['gold/accuracy']:.3f} at KL {fn_eval['heldout']['kl']:.2f} nats "
-      f"(OOD {results['SFT ood']['gold/accuracy']:.3f} -> {fn_eval['ood']['gold/accuracy']:.3f})")
-
-fig, ax = plt.subplots(figsize=(6.4, 4.4))
-curve = [(0.0, results["SFT heldout"]["gold/accuracy"])] + [
-    (tempered_ref[T]["heldout"]["kl"], tempered_ref[T]["heldout"]["gold/accuracy"]) for T in TEMPERATURES]
-ax.plot(*zip(*curve), "k--", marker="o", label="pi_ref at T = 1, 0.8, 0.7, 0.6")
-for name, ev in rows[-2:]:
-    ax.scatter(ev["heldout"]["kl"], ev["heldout"]["gold/accuracy"], s=60, label=name, zorder=3)
-ax.set(xlabel="KL(pi || pi_ref) on held-out prompts (nats / response)",
-       ylabel="held-out gold accuracy", title="What carries to countries PPO never saw")
-ax.grid(alpha=0.3)
-ax.legend(fontsize=8)
-fig.tight_layout()
-fig.savefig(FIGURES / "05_what_transfers.png", dpi=120)
-
-# %% [markdown]
-# Read the table with the temperature rows in mind.  Restricted to ln_f, PPO lifts held-out
-# accuracy far above the SFT model's, where the all-weights run lowered it: the one change it can
-# make everywhere, and that the reward model pays for on every train prompt, is *commit to your
-# most likely answer*.  And that is what a lower temperature does.  Over 3 seeds
-# (`benchmarks/heldout_seeds.py`, README) the final-norm policies of PPO and DPO sit on or below
-# the temperature curve: from 0.04 below its held-out accuracy at the same KL (PPO) to 0.03 above
-# (PPO-ptx), never clearly above.  What alignment learned here from preferences about 32 other
-# countries is, to within noise, a temperature.
-# No new knowledge either: nothing here teaches the model a capital it did not know (OOD stays
-# low); the preferences taught it to trust what pretraining put there.  RLHF'd models are known to
-# become more confident and less diverse (Kirk et al. 2024; the GPT-4 report's calibration plot);
-# in this world that effect is all that generalises.
-
-# %% [markdown]
-# ## 9. The exact check: PPO reaches the closed-form optimum
+# ## 7. The exact check: PPO reaches the closed-form optimum
 #
 # On the exact world (2 prompts x 27 responses, lesson 01) the optimum of
 # E[r] - beta KL(pi || pi_ref) is known: pi*_beta = pi_ref exp(r / beta) / Z.  The same PPO

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minirlhf import paths
+from minirlhf import dpo, paths
 from minirlhf.dpo_train import (
     DPOConfig,
     encode_pairs,
@@ -67,12 +67,11 @@ from minirlhf.dpo_train import (
     train_dpo,
     with_reference_logps,
 )
-from minirlhf.evaluation import gold_metrics, sample_answers, sequence_kl
+from minirlhf.evaluation import gold_metrics, sample_answers
 from minirlhf.exact import world as exact
 from minirlhf.exact.tabular import all_sequence_logprobs
 from minirlhf.exact.training import TabularDPOConfig, run_dpo
-from minirlhf.model import tempered
-from minirlhf.pretrain import corpus_arrays, ensure_tokenizer
+from minirlhf.pretrain import ensure_tokenizer
 from minirlhf.reward_data import ensure_preferences
 from minirlhf.sft import ensure_sft_model
 from minirlhf.worlds import capitals as cw
@@ -88,7 +87,65 @@ N_EVAL = 1 if args.smoke else 8                               # samples per trai
 print(dcfg)
 
 # %% [markdown]
-# ## 2. The data, and the reference log-probs computed once
+# ## 2. The loss on four hand-made pairs
+#
+# Before any transformer: the package's pure functions on four pairs of hand-made summed
+# log-probs (beta = 0.1), beside the same numbers computed here from the equations with plain
+# `jnp`.  With h = log pi_theta/pi_ref(y_w) - log pi_theta/pi_ref(y_l) per pair,
+#
+#     implicit rewards      r_w = beta log pi_theta(y_w)/pi_ref(y_w),   r_l likewise
+#     DPO  (eq. 7)          l = -log sigma(beta h)              dl/d log pi_theta(y_w) = -beta sigma(-beta h)
+#     cDPO (eps)            l = -(1 - eps) log sigma(beta h) - eps log sigma(-beta h)
+#     IPO  (Azar eq. 17)    l = (h - 1/(2 beta))^2              dl/d log pi_theta(y_w) = 2 (h - 1/(2 beta))
+#
+# and each batch loss is the mean over pairs, so its gradient carries a factor 1/B.
+# `dpo.preference_losses(h, beta, loss_type, label_smoothing)` returns the per-pair losses: the
+# one place where the variant is chosen, used by the transformer, the exact world and lesson 08.
+
+# %%
+beta_toy = 0.1
+pc = jnp.array([-5.0, -7.2, -3.1, -9.0])   # log pi_theta(y_w|x), summed over the response [B]
+pr = jnp.array([-6.0, -6.5, -4.0, -8.0])   # log pi_theta(y_l|x)                           [B]
+rc = jnp.array([-5.5, -7.0, -3.6, -9.5])   # log pi_ref(y_w|x)                             [B]
+rr = jnp.array([-5.0, -7.0, -4.0, -9.0])   # log pi_ref(y_l|x)                             [B]
+sigmoid = lambda z: 1 / (1 + jnp.exp(-z))
+h_hand = (pc - rc) - (pr - rr)                                             # [B]
+(dpo_pkg, m_pkg), g_dpo = jax.value_and_grad(dpo.dpo_loss, has_aux=True)(pc, pr, rc, rr, beta_toy)
+ipo_pkg, g_ipo = jax.value_and_grad(lambda a: dpo.ipo_loss(a, pr, rc, rr, beta_toy)[0])(pc)
+by_hand = {
+    "DPO loss": (dpo_pkg, jnp.mean(-jnp.log(sigmoid(beta_toy * h_hand)))),
+    "IPO loss": (ipo_pkg, jnp.mean((h_hand - 1 / (2 * beta_toy)) ** 2)),
+    "rewards/chosen": (m_pkg["rewards/chosen"], jnp.mean(beta_toy * (pc - rc))),
+    "rewards/rejected": (m_pkg["rewards/rejected"], jnp.mean(beta_toy * (pr - rr))),
+    "rewards/accuracies": (m_pkg["rewards/accuracies"], jnp.mean(beta_toy * (pc - rc) > beta_toy * (pr - rr)))}
+print(f"{'':<20}{'package':>10}{'by hand':>10}")
+for name, (pkg, hand) in by_hand.items():
+    print(f"{name:<20}{float(pkg):>10.4f}{float(hand):>10.4f}")
+print(f"\n{'pair':>4}{'h':>7}{'dDPO/dlogpi_w package':>23}{'by hand':>10}{'dIPO/dlogpi_w package':>23}{'by hand':>10}")
+for i in range(4):
+    print(f"{i:>4}{float(h_hand[i]):>7.2f}{float(g_dpo[i]):>23.4f}"
+          f"{float(-beta_toy * sigmoid(-beta_toy * h_hand[i]) / 4):>10.4f}"
+          f"{float(g_ipo[i]):>23.4f}{float(2 * (h_hand[i] - 1 / (2 * beta_toy)) / 4):>10.4f}")
+h_pkg = dpo.preference_logratios(pc, pr, rc, rr).h
+eps_toy = 0.1
+per_pair = {"dpo": (dpo.preference_losses(h_pkg, beta_toy), -jnp.log(sigmoid(beta_toy * h_hand))),
+            "cdpo": (dpo.preference_losses(h_pkg, beta_toy, label_smoothing=eps_toy),
+                     -(1 - eps_toy) * jnp.log(sigmoid(beta_toy * h_hand))
+                     - eps_toy * jnp.log(sigmoid(-beta_toy * h_hand))),
+            "ipo": (dpo.preference_losses(h_pkg, beta_toy, "ipo"), (h_hand - 1 / (2 * beta_toy)) ** 2)}
+print(f"\nper-pair losses (dpo.preference_losses, cDPO eps = {eps_toy}): package | by hand")
+print(f"{'pair':>4}" + "".join(f"{name:>20}" for name in per_pair))
+for i in range(4):
+    print(f"{i:>4}" + "".join(f"{float(pkg[i]):>11.4f} |{float(hand[i]):>8.4f}" for pkg, hand in per_pair.values()))
+
+# %% [markdown]
+# Pair 0 already favours y_w (h = 1.5) and gets the smallest DPO gradient; pair 1 favours y_l
+# (h = -0.7) and gets the largest: DPO weights each pair by sigma(-beta h), the probability that
+# the implicit reward currently ranks it WRONG.  IPO pulls every h towards the same finite target
+# 1/(2 beta) = 5, with a gradient that grows linearly with the distance to it.
+
+# %% [markdown]
+# ## 3. The data, and the reference log-probs computed once
 #
 # Each pair is encoded twice (chosen row, rejected row), right-padded, with a response mask that
 # is 1 exactly on the response tokens and the final eos.  A response that was cut by the length
@@ -112,7 +169,7 @@ print(f"mean log pi_ref(y_w|x) = {train['reference_chosen_logps'].mean():.2f}, "
       f"mean log pi_ref(y_l|x) = {train['reference_rejected_logps'].mean():.2f} nats")
 
 # %% [markdown]
-# ## 3. Training
+# ## 4. Training
 #
 # One jitted step: concatenate chosen and rejected, one forward pass, summed response log-probs,
 # the loss of `dpo.py`, AdamW.  The metrics carry TRL's names: `rewards/chosen` and
@@ -149,7 +206,7 @@ fig.tight_layout()
 fig.savefig(FIGURES / "06_dpo_curves.png", dpi=120)
 
 # %% [markdown]
-# ## 4. Did it work?  Gold accuracy, and the KL it cost
+# ## 5. Did it work?  Gold accuracy, and the KL it cost
 #
 # The labels came from a simulated rater, the gold reward r* is known: we sample answers at
 # temperature 1 and count the right ones, on the train prompts (where the pairs came from),
@@ -193,81 +250,12 @@ for model_name in ("sft", "dpo"):                              # what the held-o
 
 # %% [markdown]
 # DPO, like PPO (lesson 05), learns from train prompts only, and part of what it learns is about
-# tokens: train countries and capitals are what the chosen answers contain.  Lesson 05's remedy,
-# InstructGPT's pretraining term ("ptx": + gamma x the next-token loss on pretraining documents in
-# every step), applies to DPO unchanged (`DPOConfig.ptx_coef`).  One more run, measured the same
-# way (same sampling keys), shows what it does to held-out accuracy.
-
-# %%
-ptx_cfg = dataclasses.replace(dcfg, ptx_coef=1.0)
-ptx_params, _ = train_dpo(sft_params, train, model_cfg, ptx_cfg, quiet=True, ptx=corpus_arrays(tok))
-for split_i, split in enumerate(("train", "heldout")):
-    s = sample_answers(ptx_params, model_cfg, tok, splits[split], jax.random.PRNGKey(100 + split_i),
-                       n=n_per[split])
-    results[f"dpo-ptx/{split}"] = {**gold_metrics(s),   # KL from the sampler's log-probs (section 4's k1)
-                                   "kl_k1": float(np.mean(sequence_kl(sft_params, s.generation, model_cfg)))}
-print(f"{'gold accuracy':<22}{'train':>8}{'held-out':>10}")
-for name in ("sft", "dpo", "dpo-ptx"):
-    print(f"{name:<22}{results[name + '/train']['gold/accuracy']:>8.3f}"
-          f"{results[name + '/heldout']['gold/accuracy']:>10.3f}")
+# tokens: train countries and capitals are what the chosen answers contain.  Lesson 09 measures
+# what InstructGPT's pretraining term does about it, and what carries to held-out countries when
+# DPO may change only the final LayerNorm.
 
 # %% [markdown]
-# Lesson 05 (section 8) found that what carries to held-out countries depends on which weights
-# alignment may change.  The same experiment for DPO: the ptx run again, but only the final
-# LayerNorm ln_f trains (`DPOConfig(trainable="final_norm")`, 192 numbers, at lr 0.1 instead of
-# 1e-4; picked by a small sweep on the gold reward, 3e-2 moved too little in 60 steps).  A change
-# to ln_f acts on every prompt, so DPO can only learn what holds across the train pairs: the
-# chosen answers are, far more often than the rejected ones, the answer pi_ref itself finds most
-# likely.  The fair baseline is therefore pi_ref at a lower temperature (no preferences needed),
-# with its own KL(pi_T || pi_ref); pi_ref at temperature T is itself a final-norm policy, ln_f's
-# (g, b) divided by T (`model.tempered`).  `evaluation.sequence_kl` estimates every KL from the
-# sampler's log-probs, on the same prompts and keys as above.
-
-# %%
-fn_cfg = dataclasses.replace(ptx_cfg, trainable="final_norm", lr=0.1)
-fn_params, _ = train_dpo(sft_params, train, model_cfg, fn_cfg, quiet=True, ptx=corpus_arrays(tok))
-
-
-def accuracy_and_kl(params):
-    """{split: (gold accuracy, KL(pi || pi_ref) in nats)} on the train and held-out prompts."""
-    out = {}
-    for split_i, split in enumerate(("train", "heldout")):
-        s = sample_answers(params, model_cfg, tok, splits[split], jax.random.PRNGKey(100 + split_i),
-                           n=n_per[split])
-        out[split] = (float(s.correct.mean()),
-                      float(np.mean(sequence_kl(sft_params, s.generation, model_cfg))))
-    return out
-
-
-measured = lambda name: {s: (results[f"{name}/{s}"]["gold/accuracy"], results[f"{name}/{s}"]["kl_k1"])
-                         for s in ("train", "heldout")}      # the rows above: same prompts and keys
-rows = {"SFT (pi_ref), T = 1": measured("sft"),
-        **{f"pi_ref at T = {T}": accuracy_and_kl(tempered(sft_params, T)) for T in (0.8, 0.7, 0.6)},
-        "DPO-ptx, all weights": measured("dpo-ptx"),
-        "DPO-ptx, final norm only": accuracy_and_kl(fn_params)}
-print(f"{'gold accuracy (KL, nats)':<28}{'train':>16}{'held-out':>16}")
-for name, m in rows.items():
-    print(f"{name:<28}" + "".join(f"{m[s][0]:>9.3f} ({abs(m[s][1]):4.2f})" for s in ("train", "heldout")))
-fn_held = rows["DPO-ptx, final norm only"]["heldout"]
-print(f"held-out gold accuracy: SFT {rows['SFT (pi_ref), T = 1']['heldout'][0]:.3f} -> final-norm DPO-ptx "
-      f"{fn_held[0]:.3f} at KL {fn_held[1]:.2f} nats")
-fn_pairs = evaluate_pairs(fn_params, heldout, model_cfg, fn_cfg)
-print(f"implicit reward on the held-out-country pairs (lesson 04's, rater-labelled): accuracy "
-      f"{fn_pairs['rewards/accuracies']:.3f} (final norm) vs {heldout_pairs['rewards/accuracies']:.3f} (all weights)")
-
-# %% [markdown]
-# As with PPO: restricted to ln_f, DPO's gain on the train prompts carries to the held-out
-# countries, and it is a temperature in all but name: compare it with the temperature rows at a
-# similar KL (over 3 seeds the final-norm policies sit on or just below the temperature curve,
-# DPO-ptx 0.01 above it; README).  No pair
-# ever mentioned Portugal; the knowledge came from pretraining, the preferences only taught the
-# model to trust it.  The implicit reward says the same from the other side: on the held-out-country
-# pairs it agrees with the rater more often than the all-weights policy's (printed above): for
-# pi_ref sharpened to temperature T, log pi_T(y_t|.) - log pi_ref(y_t|.) = (1/T - 1) log pi_ref(y_t|.)
-# + a term that depends only on the context, so the implicit reward is "what pi_ref finds likely".
-
-# %% [markdown]
-# ## 5. The France prompt, and a reward without a reward model
+# ## 6. The France prompt, and a reward without a reward model
 #
 # Rearranging the derivation, beta log pi_theta(y|x)/pi_ref(y|x) = r(x, y) - beta log Z(x):
 # up to a constant per prompt, the trained policy IS a reward model.  It should rank the right
@@ -290,7 +278,7 @@ print(f"\nimplicit reward beta log pi/pi_ref: {cw.canonical_answer('France')!r}:
       f"-> Paris ranked {'ABOVE' if r_paris > r_berlin else 'BELOW'} Berlin")
 
 # %% [markdown]
-# ## 6. A puzzle: the chosen responses become LESS likely too
+# ## 7. A puzzle: the chosen responses become LESS likely too
 #
 # Watch log pi_theta(y_w|x) and log pi_theta(y_l|x) during training (TRL's `logps/chosen` and
 # `logps/rejected`).  Often both go down, while the margin between their log-ratios grows.  The
@@ -320,7 +308,7 @@ print(f"first 5 / last 5 steps: logps/chosen {history['logps/chosen'][:5].mean()
       f"{history['rewards/margins'][-5:].mean():.3f}")
 
 # %% [markdown]
-# ## 7. The exact world: DPO really targets pi*_beta
+# ## 8. The exact world: DPO really targets pi*_beta
 #
 # On the transformer we can only sample.  In the exact world of lesson 01 every response can be
 # enumerated, so we can train a tabular policy with DPO on the POPULATION loss (the expectation
@@ -342,7 +330,7 @@ print(f"exact world (P=2, N={world.responses.shape[0]}), beta={beta_exact}: KL(p
       f"(pi*_beta: {float(exact.expected_reward(logp_star, world.reward).mean()):.3f})")
 
 # %% [markdown]
-# ## 8. Where DPO's regularisation fails: deterministic preferences (IPO)
+# ## 9. Where DPO's regularisation fails: deterministic preferences (IPO)
 #
 # Azar et al. (2023) point out a gap.  If y_w ALWAYS beats y_l, the Bradley-Terry reward gap is
 # infinite, and so is DPO's optimum log-ratio: the loss -log sigma(beta h) keeps decreasing as

@@ -237,8 +237,8 @@ print(markdown_table(table))
 # %% [markdown]
 # ## Verdict
 #
-# The cell below prints the verdict's numbers from this run.  What `make lessons` printed on
-# 2026-11-26 (full config, seeds 0-2, exact world P=4, N=64):
+# The cell below prints the verdict's numbers from this run.  The numbers quoted here are those
+# of `make lessons` (full config, seeds 0-2, exact world P=4, N=64):
 #
 # * **Frontier.** PPO given the gold reward (a perfect reward model) lands on the optimum
 #   (gap <= 0.006 at every beta): the optimisation itself is not PPO's problem.  DPO and IPO
@@ -255,17 +255,14 @@ print(markdown_table(table))
 # * **Overoptimisation.** Against a proxy fitted on 32 pairs per prompt the proxy gain keeps
 #   rising; PPO's gold gain peaks and then falls a little (R_RL fit R^2 0.84), best-of-n's gold
 #   gain flattens but does not fall within n <= 256 (the R_bon fit's beta comes out ~0).
-# * **Capitals world** (3 seeds, 4 samples per prompt; the numbers of `make lessons` on
-#   2026-11-26, session 8, with lesson 04's K-wise reward model).  On the train prompts, where
-#   the preference data lives: best-of-8 0.99 ± 0.01 (KL bound 1.20), PPO 0.74 ± 0.05 (KL 0.33),
+# * **Capitals world** (3 seeds, 4 samples per prompt, lesson 04's K-wise reward model).  On
+#   the train prompts, where the preference data lives: best-of-8 0.99 ± 0.01 (KL bound 1.20), PPO 0.74 ± 0.05 (KL 0.33),
 #   IPO 0.69 ± 0.04 (KL 0.23), DPO 0.68 ± 0.05 (KL 0.59), SFT 0.59 ± 0.05.  On held-out
 #   prompts no method clearly beats SFT (0.47 ± 0.07; IPO 0.49 ± 0.02, PPO 0.44 ± 0.03, DPO
 #   0.40 ± 0.05), and best-of-8 falls to 0.13: the reward model, fitted to the train countries,
 #   is worse than chance on countries it never saw a comparison about (lesson 04), and best-of-n
 #   follows it most faithfully.  Alignment on these comparisons polishes what the reward signal
-#   can judge.  (With the earlier reward model, trained on 2149 independent pairs, best-of-8
-#   reached 0.89 ± 0.02 on the train prompts and PPO 0.69 ± 0.04: a better judge of the train
-#   countries lifts both reward-based methods and leaves held-out countries where they were.)
+#   can judge.
 # * **So which is better?** In these toys, neither by nature: PPO is the better optimiser of a
 #   given reward and the KL penalty on its own samples keeps it off unlabelled responses;
 #   DPO is only as good as its data is on-distribution for pi_ref, and fixing the data (SFT on

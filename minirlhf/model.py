@@ -59,7 +59,7 @@ class GPTConfig:
     as a `lax.scan`.  Same numbers.  Scan traces one block once, so compile time stays flat in
     depth; but its backward pass stores every layer's activations in stacked buffers that XLA
     zero-fills and copies.  At our depths unrolling is faster (GPT-2 small on an H100, fwd+bwd
-    58.3 -> 41.5 ms: `benchmarks/gpu_profile.py`, log in benchmarks/results/prof.log).  Set
+    58.3 -> 41.5 ms: `benchmarks/gpu_profile.py`, benchmarks/README.md).  Set
     False for deep models, where compile time matters."""
     compute_dtype: str = "float32"
     """dtype of matmuls/activations: "float32", "bfloat16" (mixed precision: params stay float32;
@@ -249,7 +249,7 @@ def tempered(params: dict, temperature: float) -> dict:
 
     logits = (g * xhat + b) W^T is linear in (g, b), so (g/T, b/T) gives logits / T exactly:
     softmax(logits / T) is pi at temperature T.  Temperature is thus one direction inside the
-    "final_norm" regime (training.TRAINABLE) that lessons 05-06 align: a baseline that regime can
+    "final_norm" regime (training.TRAINABLE) that lesson 09 aligns: a baseline that regime can
     always reach.  The hidden states change too (by 1/T), so a scalar head read from them would
     not be tempered; only the logits are.
     """

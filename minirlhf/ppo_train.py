@@ -134,7 +134,7 @@ class PPOConfig:
     held-out accuracy (the "alignment tax"; benchmarks/heldout_seeds.py measures both)."""
     trainable: str = "all"
     """Which policy weights PPO updates (training.TRAINABLE): "all" (full fine-tuning) or
-    "final_norm" (only ln_f, lr ~3e-2; lesson 05 section 8).  The value function always trains in full."""
+    "final_norm" (only ln_f, lr ~3e-2; lesson 09).  The value function always trains in full."""
     seed: int = 0
     """Seeds the value head, every rollout and every minibatch order."""
 

@@ -99,7 +99,7 @@ class RewardConfig:
     """Optimizer steps of the "head" regime (cheap: no backward pass through the backbone)."""
     steps_full: int = 300
     """Optimizer steps of the "full" regime (8 groups per step: ~3.75 epochs of lesson 04's 640
-    groups; valid loss still falling at 300, benchmarks/experiments/rm_capacity/grid2.log)."""
+    groups)."""
     batch_responses: int = 64
     """Responses scored per step: batch_responses // K groups (at least 1) of K responses each
     (lesson 04: 8 groups of 8 responses; a file of plain pairs: 32 pairs)."""

@@ -11,7 +11,7 @@ samples.  InstructGPT's labellers ranked K = 4..9 responses per prompt, which yi
 comparisons for the price of K samples; our rater answers each of those C(K, 2) questions
 independently, so every comparison follows the Bradley-Terry model exactly.)  The train split
 uses groups of K = 8 (28 comparisons per 8 samples); the evaluation splits use groups of 2, i.e.
-independent pairs, as before.  The dataset is JSON Lines in `data.py`'s format, one comparison
+independent pairs.  The dataset is JSON Lines in `data.py`'s format, one comparison
 per line; each record carries metadata that the evaluation (and DPO / PPO) use:
 
     prompt, chosen, rejected           the triplet (x, y_w, y_l)
