@@ -94,7 +94,7 @@ def bench_config(cfg: GPTConfig, B: int, T: int, repeats: int, sample_B: int, sa
     prompts = jnp.ones((sample_B, P), jnp.int32)
     mask = jnp.ones((sample_B, P), jnp.int32)
     for name, fn in (("cache", generate), ("nocache", generate_without_cache)):
-        def sample():
+        def sample(fn=fn):
             g = fn(params, prompts, mask, jax.random.PRNGKey(1), cfg=cfg, max_new_tokens=sample_new)
             jax.block_until_ready(g.tokens)
         ms = median_ms(sample, max(repeats // 4, 2))

@@ -75,7 +75,7 @@ def main():
     smoke = args.smoke
     model_cfg = (PretrainConfig.smoke() if smoke else PretrainConfig()).model
     cfg = ppo_train.PPOConfig.smoke() if smoke else ppo_train.PPOConfig()
-    # PPO-ptx, as measured in results/bench_ppo.log (the lessons' main run was PPO-ptx then)
+    # with the PPO-ptx term: each minibatch also runs the pretraining loss (the costlier iteration)
     cfg = ppo_train.PPOConfig(**{**cfg.__dict__, "value_model": args.value_model, "ptx_coef": 1.0})
     tok = ensure_tokenizer(smoke)
     prompts = split_prompts("train")

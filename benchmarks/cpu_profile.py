@@ -1,6 +1,6 @@
 """Where the CPU training step's time goes: XLA's own per-op timings of the compiled gradient.
 
-    .venv/bin/python benchmarks/cpu_profile.py          # reference config of issue 3
+    .venv/bin/python benchmarks/cpu_profile.py          # the reference config below
 
 Profiles `jax.grad` of the next-token loss (forward + backward, the bulk of a training step) at
 the reference config (4 x 128, 4 heads, V = 512, T = 64, B = 32) with `jax.profiler`, reads the

@@ -1,5 +1,6 @@
 """On a GPU: the fused attention path (cuDNN flash attention on each row's real tokens moved to
-the front, see `minirlhf.fa.real_first_causal_attention`) computes the same logits and
+the front, see
+`minirlhf.fused_attention.real_first_causal_attention`) computes the same logits and
 gradients as the written-out attention, for every padding layout.
 
     python3 benchmarks/gpu_check.py             # exits non-zero on a mismatch; needs a GPU

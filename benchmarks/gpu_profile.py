@@ -42,7 +42,7 @@ def main():
         for unroll in (False, True):
             cfg = dataclasses.replace(gpt2_small(attention), unroll_layers=unroll)
             params = init_params(jax.random.PRNGKey(0), cfg)
-            grad = jax.jit(jax.grad(lambda p: cross_entropy_loss(forward(p, tokens, mask, cfg).logits,
+            grad = jax.jit(jax.grad(lambda p, cfg=cfg: cross_entropy_loss(forward(p, tokens, mask, cfg).logits,
                                                                  tokens, mask)))
             cudnn = "cudnn" in grad.lower(params).compile().as_text().lower()
             ms = median_ms(grad, params)

@@ -5,7 +5,7 @@ a GPU, compiled side by side and timed interleaved, so the comparison is on the 
 
   real-first   the package's `fused_attention`: each row's real tokens permuted to the front,
                cuDNN flash attention with per-row lengths, permuted back (exact for any padding)
-  cond         the previous version: `lax.cond` on "is the batch right-padded?" between cuDNN
+  cond         an alternative design: `lax.cond` on "is the batch right-padded?" between cuDNN
                and a rematerialised XLA masked path (exact for any padding)
   right-only   cuDNN with per-row lengths and nothing else: exact only for right-padded rows;
                the floor the other two are measured against
@@ -42,7 +42,8 @@ def xla_masked(q, k, v, key_mask, causal):
 
 
 def cond_attention(q, k, v, key_mask, causal):
-    """The previous `fused_attention` (commit fa174e0), verbatim but for the kernel name."""
+    """Fused attention as a `lax.cond`: cuDNN when every row is right-padded, else a
+    rematerialised XLA masked path (exact for any padding, one conditional per layer)."""
     pad = (key_mask > 0)[:, None, None, :]
 
     @jax.checkpoint

@@ -6,7 +6,7 @@ the pretraining ("ptx") term, against pi_ref at lower temperatures; over seeds.
 Uses the lesson checkpoints in runs/ (tokenizer, SFT = pi_ref, reward model, train preference
 pairs; each is built first if missing) and trains, for each seed, the 8 policies
 {PPO, DPO} x {all weights, final norm only} x {ptx_coef 0, 1}: lesson 05's and lesson 06's configs,
-final-norm runs with lessons 05/06's learning rates and lengths (PPO 3e-2 for 20 iterations, DPO 0.1
+final-norm runs with lesson 09's learning rates and lengths (PPO 3e-2 for 20 iterations, DPO 0.1
 for 60 steps).  Each policy is measured on n-rows temperature-1 samples per split (train: n-rows/32
 per prompt, held-out: n-rows/8), with the seed's own sampling key: gold accuracy and the KL to
 pi_ref (nats per response).  pi_ref at temperature T (model.tempered) is measured the same way.

@@ -1,6 +1,6 @@
 """How fast can a training step be on this CPU?  The step's matrix multiplications, timed alone.
 
-    .venv/bin/python benchmarks/matmul_floor.py             # reference config of issue 3
+    .venv/bin/python benchmarks/matmul_floor.py             # the reference config below
     .venv/bin/python benchmarks/matmul_floor.py --no-torch
 
 A GPT training step is ~95% matmul FLOPs.  This script lists every matmul of one step at the
@@ -14,8 +14,9 @@ machine: the real step adds layer norms, softmax, GELU, AdamW and memory traffic
 With PyTorch installed the same products are timed with `torch.matmul` (its BLAS) too, and the
 PyTorch training step of `torch_reference.py` is timed in the same run.
 
-The point (issue 3's "≤ 0.8 x the PyTorch step"): if the floor of XLA's own matmuls is already
-above 0.8 x PyTorch's whole step, no rearrangement of the rest of the step can reach the target.
+The point: a target such as "the JAX step at most 0.8 x the PyTorch step" is reachable only if
+the floor of XLA's own matmuls is below it; above it, no rearrangement of the rest of the step
+can reach the target.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def main():
               f"({total['flop'] / total['torch'] / 1e9:.1f} GFLOP/s)")
         print(f"  PyTorch's whole training step (torch_reference.py): {torch_step:.1f} ms = its floor + "
               f"{torch_step - 1e3 * total['torch']:.1f} ms; JAX/PyTorch = {jax_step / torch_step:.2f}")
-        print(f"  issue 3's target: JAX step <= 0.8 x PyTorch's = {0.8 * torch_step:.1f} ms, which leaves "
+        print(f"  target: JAX step <= 0.8 x PyTorch's = {0.8 * torch_step:.1f} ms, which leaves "
               f"{0.8 * torch_step - 1e3 * total['jax']:.1f} ms beside XLA's matmuls")
         print(f"  XLA matmul floor / target = {1e3 * total['jax'] / (0.8 * torch_step):.2f} "
               f"(> 1 means the target is below what XLA's matmuls alone take)")
