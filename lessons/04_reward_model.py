@@ -47,7 +47,8 @@ from minirlhf.worlds.capitals import (
 
 t_start = time.time()
 PREFS_FLAG = {"default": None,
-              "help": "train on this preference JSONL (prompt/chosen/rejected [+ *_ended, ...]); "
+              "help": "train on this preference JSONL (prompt/chosen/rejected strings [+ *_ended, ...], "
+                      "or TRL's single-turn conversational messages; see minirlhf/data.py); "
                       "validation, held-out and OOD evaluation still use the collected capitals pairs"}
 args = paths.lesson_args(extra=(("--prefs", PREFS_FLAG),))
 if args.prefs is not None:
