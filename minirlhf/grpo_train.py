@@ -1,0 +1,496 @@
+"""GRPO, Dr. GRPO and RLOO on the transformer, with a learned or a verifiable reward; and expert
+iteration (STaR).  The math (group advantages, the clipped per-token surrogate, both KL
+placements) lives in grpo.py; this module runs it on the GPT of lessons 02-06.
+
+    max_theta  E_{x ~ D, y ~ pi_theta(.|x)} [ r(x, y) ]  -  beta KL(pi_theta(.|x) || pi_ref(.|x))
+
+No value function: for every prompt G answers are sampled and each answer's advantage is its
+reward compared with its group mates' (grpo.group_advantages).  ONE ITERATION IS ONE JITTED
+CALL, `grpo_iteration`:
+
+  1. prompts   P prompts drawn inside the jit, each repeated G times (rows grouped by prompt);
+  2. rollout   y ~ pi_theta with the KV-cache sampler; its log-probs are log pi_old (the
+               sampler samples from exactly the tempered distribution the loss scores);
+  3. scoring   log pi_ref (a forward pass) and the reward: r_phi of lesson 04 (a forward pass
+               of the reward model) or the verifiable reward, both under stop_gradient;
+  4. KL        kl_in = "loss": k3 per token in the loss (GRPO, Shao et al. 2024 eq. 4);
+               kl_in = "reward": r - beta sum_t k1_t (PPO's placement; RLOO, Ahmadian et al. 2024);
+  5. baseline  advantages from the G rewards of each prompt (grpo.group_advantages);
+  6. update    n_epochs full-batch steps of grpo.grpo_loss under lax.scan (one is on-policy).
+
+The verifiable reward (RLVR; Lambert et al. 2024, Tulu 3; DeepSeek-AI 2025, R1): 1 if the
+answer names the prompt's capital and no other capital (worlds.capitals.is_correct, the gold
+accuracy), 0 otherwise.  It is computed inside the jit from the token ids: each token's decoded
+characters come from a table (`Verifier`), the response's text is assembled by a scatter, and
+every capital is searched for as a whole word (the regex `\\b...\\b` of capitals_named).  It
+reads the same text `tokenizer.decode_responses` produces, so it agrees with gold_correct on
+every response, however the model happened to split a word into tokens (tested).
+
+Expert iteration (`expert_iteration`): STaR (Zelikman et al. 2022) without rationales, also
+called rejection-sampling fine-tuning: sample G answers per train prompt, keep those the
+verifier accepts, fine-tune on them with the SFT loss, repeat.  It continues from the current
+policy each round (as RAFT, Dong et al. 2023, does) rather than restarting from pi_ref as STaR
+does: with a few dozen steps per round the difference is small, and it is one fewer copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tokenizers import Tokenizer
+
+from minirlhf import grpo
+from minirlhf.config import check_fields
+from minirlhf.evaluation import MAX_NEW_TOKENS, PROMPT_LEN
+from minirlhf.model import GPTConfig, forward, token_logprobs
+from minirlhf.ppo_train import draw_prompts
+from minirlhf.pretrain import lm_loss
+from minirlhf.reward import reward_forward
+from minirlhf.sampling import generate
+from minirlhf.tokenizer import BOS_ID, EOS_ID, PAD_ID, encode_prompts
+from minirlhf.training import TRAINABLE, Progress, freeze_updates, gpt_labels, stop_frozen
+from minirlhf.worlds.capitals import CAPITAL, parse_country, split_prompts
+
+REWARDS = ("model", "gold")
+CAPITALS = tuple(CAPITAL.values())   # the verifier's capital k is CAPITALS[k]
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    """One GRPO / Dr. GRPO / RLOO run on the transformer (hashable: a static argument of the jit)."""
+
+    estimator: str = "grpo"
+    """Advantage of each answer (grpo.ADVANTAGE_KINDS): "grpo" (group-whitened, Shao et al.
+    2024), "drgrpo" (group-centred, Liu et al. 2025) or "rloo" (leave-one-out baseline,
+    Ahmadian et al. 2024)."""
+    reward: str = "model"
+    """"model": lesson 04's reward model r_phi; "gold": the verifiable reward, 1 if the answer
+    names the right capital and no other, else 0 (see the module docstring)."""
+    kl_in: str = "loss"
+    """Where beta KL enters (grpo.KL_PLACEMENTS): "loss" (k3 per token, GRPO) or "reward"
+    (the summed k1 subtracted from each answer's reward before the baseline; PPO, RLOO)."""
+    beta: float = 0.05
+    """KL coefficient."""
+    group_size: int = 4
+    """G answers sampled per prompt (>= 2: the baseline is the group)."""
+    prompts_per_iteration: int = 16
+    """P prompts per iteration (a shuffled tiling of the training prompts); the batch is P * G."""
+    n_iterations: int = 30
+    """Iterations, each one call of the jitted `grpo_iteration`."""
+    lr: float = 5e-4
+    """Adam step size (constant)."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip before Adam."""
+    clip_eps_low: float = 0.2
+    """Lower clip range of the ratio, 1 - eps_low (Schulman et al. 2017 eq. 7)."""
+    clip_eps_high: float = 0.2
+    """Upper clip range, 1 + eps_high (> eps_low: DAPO's clip-higher, Yu et al. 2025)."""
+    norm: str = "sequence"
+    """Normalisation of the per-token loss (grpo.NORMALISATIONS): "sequence" (GRPO), "token"
+    (DAPO) or "constant" (Dr. GRPO: divide by the batch size times max_new_tokens)."""
+    n_epochs: int = 1
+    """Full-batch gradient steps per rollout batch (1: on-policy, the ratio is 1 and never clips)."""
+    temperature: float = 1.0
+    """Sampling temperature; log pi_old, log pi_theta and log pi_ref are all taken at it."""
+    prompt_len: int = PROMPT_LEN
+    """Width of the left-padded prompts."""
+    max_new_tokens: int = MAX_NEW_TOKENS
+    """Response budget N; an answer without <eos> after N tokens is cut (and scored as such)."""
+    trainable: str = "all"
+    """Which policy weights are updated (training.TRAINABLE): "all" or "final_norm"."""
+    seed: int = 0
+    """Seeds every prompt draw and rollout."""
+
+    def __post_init__(self):
+        check_fields(self, counts=("group_size", "prompts_per_iteration", "n_iterations",
+                                   "n_epochs", "prompt_len", "max_new_tokens"),
+                     positive=("lr", "max_grad_norm", "clip_eps_low", "clip_eps_high",
+                               "temperature"),
+                     non_negative=("beta",))
+        for name, allowed in (("estimator", grpo.ADVANTAGE_KINDS), ("reward", REWARDS),
+                              ("kl_in", grpo.KL_PLACEMENTS), ("norm", grpo.NORMALISATIONS),
+                              ("trainable", TRAINABLE)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"GRPOConfig.{name}: expected one of {allowed}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.group_size < 2:
+            raise ValueError(f"GRPOConfig.group_size: expected >= 2 (the baseline is the group), "
+                             f"got {self.group_size}")
+
+    @classmethod
+    def smoke(cls) -> GRPOConfig:
+        """A tiny run (3 iterations of 4 prompts x 2 answers) for the --smoke lessons and tests."""
+        return cls(n_iterations=3, prompts_per_iteration=4, group_size=2)
+
+
+# ----------------------------------------------------------------------------- verifiable reward
+
+class Verifier(NamedTuple):
+    """Tables for reading a response's text inside the jit (`make_verifier`)."""
+    token_chars: jax.Array       # [V, C] int32 character codes of each token's decoded text
+    token_lengths: jax.Array     # [V] int32 its length (0 for <pad>, <bos>, <eos>, unknown ids)
+    capital_chars: jax.Array     # [K, M] int32 the K capitals (CAPITALS), 0-padded
+    capital_lengths: jax.Array   # [K] int32
+
+
+class PromptTable(NamedTuple):
+    """The prompts an iteration draws from (`prompt_table`)."""
+    tokens: jax.Array            # [N, P] left-padded <bos> prompt
+    attention_mask: jax.Array    # [N, P]
+    answer: jax.Array            # [N] int32 index into CAPITALS of each prompt's capital
+
+
+def make_verifier(tok: Tokenizer, vocab_size: int) -> Verifier:
+    """The character table of every token id < vocab_size: what `tok.decode` writes for it
+    (Metaspace "▁" -> " "; special tokens skipped), and the capitals' characters."""
+    texts = []
+    for i in range(vocab_size):
+        piece = tok.id_to_token(i)
+        special = i in (PAD_ID, BOS_ID, EOS_ID) or piece is None
+        texts.append("" if special else piece.replace("\u2581", " "))
+    width = max(len(t) for t in texts)
+    chars = np.zeros((vocab_size, width), np.int32)
+    for i, t in enumerate(texts):
+        chars[i, :len(t)] = [ord(c) for c in t]
+    return Verifier(jnp.asarray(chars), jnp.asarray([len(t) for t in texts], dtype=jnp.int32),
+                    *capital_tables())
+
+
+def capital_tables() -> tuple[jax.Array, jax.Array]:
+    """(capital_chars [K, M], capital_lengths [K]) of CAPITALS, the Verifier's last two fields."""
+    caps = np.zeros((len(CAPITALS), max(map(len, CAPITALS))), np.int32)
+    for k, c in enumerate(CAPITALS):
+        caps[k, :len(c)] = [ord(ch) for ch in c]
+    return jnp.asarray(caps), jnp.asarray([len(c) for c in CAPITALS], dtype=jnp.int32)
+
+
+def prompt_table(tok: Tokenizer, prompts: list[str], prompt_len: int) -> PromptTable:
+    """Encoded prompts (left-padded to prompt_len) and the index of each one's capital."""
+    enc = encode_prompts(tok, prompts, max_len=prompt_len)
+    answer = [CAPITALS.index(CAPITAL[parse_country(p)]) for p in prompts]
+    return PromptTable(jnp.asarray(enc.tokens), jnp.asarray(enc.attention_mask),
+                       jnp.asarray(answer, dtype=jnp.int32))
+
+
+def response_chars(verifier: Verifier, tokens, response_mask):
+    """The decoded response text of every row as character codes, 0 after its end:
+    `decode_responses`' text (the response tokens before the first <eos>).
+    tokens, response_mask [B, T] -> [B, T * C] int32."""
+    B, T = tokens.shape
+    C = verifier.token_chars.shape[1]
+    in_resp = response_mask > 0
+    before_eos = jnp.cumsum(in_resp & (tokens == EOS_ID), axis=1) == 0              # [B, T]
+    ids = jnp.where(in_resp & before_eos, tokens, PAD_ID)                            # [B, T]
+    lengths = verifier.token_lengths[ids]                                            # [B, T]
+    start = jnp.cumsum(lengths, axis=1) - lengths                                    # [B, T]
+    j = jnp.arange(C)
+    pos = jnp.where(j < lengths[..., None], start[..., None] + j, T * C)            # [B, T, C]
+    rows = jnp.broadcast_to(jnp.arange(B)[:, None, None], pos.shape)
+    return jnp.zeros((B, T * C), jnp.int32).at[rows, pos].set(
+        verifier.token_chars[ids], mode="drop")                                      # [B, T*C]
+
+
+def _is_word_char(c):
+    """Python's \\w on ASCII: letters, digits, underscore."""
+    return (((c >= 48) & (c <= 57)) | ((c >= 65) & (c <= 90)) | ((c >= 97) & (c <= 122))
+            | (c == 95))
+
+
+def capitals_named_mask(verifier: Verifier, chars):
+    """named[b, k]: text b names CAPITALS[k] as a whole word (capitals_named's regex
+    \\b(cap)\\b): the characters match at some position i, and neither text[i-1] nor
+    text[i + len] is a word character.  chars [B, L] -> [B, K] bool."""
+    B, L = chars.shape
+    K, M = verifier.capital_chars.shape
+    padded = jnp.pad(chars, ((0, 0), (1, M + 1)))              # [B, L+M+2]: text at 1..L
+    window = lambda j: padded[:, 1 + j:1 + j + L]              # [B, L] text[i + j]
+    match = ~_is_word_char(padded[:, :L])[:, :, None]          # [B, L, 1] left boundary
+    right_ok = jnp.zeros((B, L, K), bool)
+    for j in range(M + 1):
+        if j < M:
+            need = j < verifier.capital_lengths                                  # [K]
+            hit = window(j)[:, :, None] == verifier.capital_chars[:, j]         # [B, L, K]
+            match = match & (hit | ~need)
+        right_ok = right_ok | ((verifier.capital_lengths == j)
+                               & ~_is_word_char(window(j))[:, :, None])         # [B, L, K]
+    return jnp.any(match & right_ok, axis=1)                                     # [B, K]
+
+
+def verifiable_reward(verifier: Verifier, tokens, response_mask, answer):
+    """1 if the response names capital `answer` and no other capital, else 0
+    (worlds.capitals.is_correct on the decoded text).  tokens, response_mask [B, T],
+    answer [B] -> [B] float32."""
+    named = capitals_named_mask(verifier, response_chars(verifier, tokens, response_mask))
+    right = jnp.take_along_axis(named, answer[:, None], axis=1)[:, 0]                # [B]
+    return (right & (jnp.sum(named, axis=1) == 1)).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------- one iteration
+
+class GRPOState(NamedTuple):
+    params: dict             # the policy's GPT params
+    opt_state: tuple         # Adam state
+    step: jax.Array          # [] int32 gradient steps taken
+
+
+class IterationOut(NamedTuple):
+    metrics: dict            # scalar diagnostics, see `grpo_iteration`
+    prompt_idx: jax.Array    # [P*G] row of the prompt table each answer answered
+    tokens: jax.Array        # [P*G, P_len+N] the rollout (left-padded prompt + response)
+    response_mask: jax.Array  # [P*G, P_len+N]
+    rewards: jax.Array       # [P*G] the rewards the advantages were computed from (KL included
+                             #        when kl_in = "reward")
+    advantages: jax.Array    # [P*G]
+
+
+@functools.cache
+def grpo_optimizer(lr: float, max_grad_norm: float, trainable: str) -> optax.GradientTransformation:
+    """Adam with global-norm clipping; zero updates for frozen weights.  Cached, so runs with the
+    same arguments share one optimizer object (part of the compiled program's static state)."""
+    adam = optax.adam(lr)
+    if trainable != "all":
+        adam = freeze_updates(adam, partial(gpt_labels, trainable=trainable))
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), adam)
+
+
+def init_grpo_state(policy_params: dict, cfg: GRPOConfig) -> GRPOState:
+    """A copy of pi_ref's weights (distinct buffers) and a fresh Adam state."""
+    params = jax.tree_util.tree_map(jnp.array, policy_params)
+    opt = grpo_optimizer(cfg.lr, cfg.max_grad_norm, cfg.trainable)
+    return GRPOState(params, opt.init(params), jnp.zeros((), jnp.int32))
+
+
+def compiled_part(cfg: GRPOConfig) -> GRPOConfig:
+    """cfg with the fields only the Python loop reads (n_iterations, seed, beta: beta is an
+    argument of the jit) fixed, so runs differing only in them share one compiled program."""
+    return dataclasses.replace(cfg, n_iterations=1, seed=0, beta=0.0)
+
+
+def policy_logps(params, tokens, attention_mask, cfg: GRPOConfig, model_cfg: GPTConfig):
+    """log pi(y_t | y_<t) at cfg.temperature, aligned with the token [B, T]."""
+    return token_logprobs(forward(params, tokens, attention_mask, model_cfg).logits, tokens,
+                          cfg.temperature)
+
+
+def iteration_loss(params, batch: dict, beta, cfg: GRPOConfig, model_cfg: GPTConfig):
+    """grpo.grpo_loss on the policy's log-probs of the rollout `batch` {tokens, attention_mask,
+    response_mask, old_logps, ref_logps, advantages} -> (loss, metrics)."""
+    params = stop_frozen(params, gpt_labels(params, cfg.trainable))
+    logps = policy_logps(params, batch["tokens"], batch["attention_mask"], cfg, model_cfg)
+    return grpo.grpo_loss(logps, batch["old_logps"], batch["ref_logps"], batch["advantages"],
+                          batch["response_mask"], beta=beta, kl_in=cfg.kl_in,
+                          clip_eps_low=cfg.clip_eps_low, clip_eps_high=cfg.clip_eps_high,
+                          norm=cfg.norm, max_tokens=cfg.max_new_tokens)
+
+
+def make_rollout(params, ref_params, rm_params, table: PromptTable, verifier: Verifier, beta, key,
+                 *, cfg: GRPOConfig, model_cfg: GPTConfig):
+    """Steps 1-5: the batch for the update, the prompt rows and the rollout statistics."""
+    k_prompt, k_gen = jax.random.split(key)
+    P, G = cfg.prompts_per_iteration, cfg.group_size
+    idx = jnp.repeat(draw_prompts(k_prompt, table.tokens.shape[0], P), G)            # [P*G]
+    gen = generate(params, table.tokens[idx], table.attention_mask[idx], k_gen, cfg=model_cfg,
+                   max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    tokens, attn = gen.tokens, gen.attention_mask                                     # [B, T]
+    mask = gen.response_mask.astype(jnp.float32)                                      # [B, T]
+    old_logps = gen.logprobs                                                          # [B, T]
+    ref_logps = jax.lax.stop_gradient(policy_logps(ref_params, tokens, attn, cfg, model_cfg))
+    correct = verifiable_reward(verifier, tokens, gen.response_mask, table.answer[idx])  # [B]
+    if cfg.reward == "gold":
+        scores = correct
+    else:
+        scores = jax.lax.stop_gradient(reward_forward(rm_params, tokens, attn, model_cfg))
+    if cfg.kl_in == "reward":
+        rewards = grpo.kl_penalised_rewards(scores, old_logps, ref_logps, mask, beta)  # [B]
+    else:
+        rewards = scores
+    grouped = rewards.reshape(P, G)                                                   # [P, G]
+    advantages = grpo.group_advantages(grouped, cfg.estimator).reshape(P * G)         # [B]
+    batch = {"tokens": tokens, "attention_mask": attn, "response_mask": mask,
+             "old_logps": old_logps, "ref_logps": ref_logps, "advantages": advantages}
+    stats = {
+        "reward": jnp.mean(scores),
+        "reward_std": jnp.mean(jnp.std(scores.reshape(P, G), axis=1)),   # within-group std
+        "frac_reward_zero_std": jnp.mean(jnp.all(grouped == grouped[:, :1], axis=1)),
+        "gold/accuracy": jnp.mean(correct),
+        "kl": jnp.mean(jnp.sum((old_logps - ref_logps) * mask, axis=1)),  # k1 per answer
+        "entropy": jnp.mean(-jnp.sum(old_logps * mask, axis=1)),          # -log pi_old(y)
+        "completion_length": jnp.mean(jnp.sum(mask, axis=1)),
+        "eos_rate": jnp.mean(jnp.any((tokens == EOS_ID) & (mask > 0), axis=1)),
+    }
+    return batch, idx, rewards, stats
+
+
+@partial(jax.jit, static_argnames=("cfg", "model_cfg"))
+def grpo_iteration(state: GRPOState, ref_params, rm_params, table: PromptTable,
+                   verifier: Verifier, beta, key, *, cfg: GRPOConfig, model_cfg: GPTConfig):
+    """One whole iteration (steps 1-6 of the module docstring) under one jit.
+
+    table: the training prompts, drawn from inside the jit; verifier: `make_verifier`'s tables
+    (always used: the gold accuracy of the rollout is a diagnostic of every run); rm_params:
+    the reward model (None with cfg.reward = "gold"); beta: [] KL coefficient; key: this
+    iteration's key.  Returns (state, IterationOut).  metrics: reward (mean score of the
+    answers, before any KL), reward_std (mean within-group std), frac_reward_zero_std (groups
+    whose rewards are all equal: zero advantage, no gradient), gold/accuracy, kl (mean summed
+    k1 of the answers), entropy, completion_length, eos_rate, and the update's loss,
+    policy/loss, policy/clipfrac, policy/approx_kl, kl_k3, grad_norm (means over the epochs).
+    """
+    batch, idx, rewards, stats = make_rollout(state.params, ref_params, rm_params, table,
+                                              verifier, beta, key, cfg=cfg, model_cfg=model_cfg)
+    opt = grpo_optimizer(cfg.lr, cfg.max_grad_norm, cfg.trainable)
+    loss_fn = partial(iteration_loss, batch=batch, beta=beta, cfg=cfg, model_cfg=model_cfg)
+
+    def epoch(state: GRPOState, _):
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = opt.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return GRPOState(params, opt_state, state.step + 1), {
+            **metrics, "grad_norm": optax.tree.norm(grads)}
+
+    state, upd = jax.lax.scan(epoch, state, None, length=cfg.n_epochs)
+    metrics = {**stats, **jax.tree_util.tree_map(jnp.mean, upd)}
+    return state, IterationOut(metrics, idx, batch["tokens"], batch["response_mask"], rewards,
+                               batch["advantages"])
+
+
+# ----------------------------------------------------------------------------- the Python loop
+
+SHOWN = ("reward", "gold/accuracy", "kl", "policy/clipfrac")
+
+
+def train_grpo(policy_params: dict, ref_params: dict, rm_params: dict | None,
+               model_cfg: GPTConfig, tok: Tokenizer, cfg: GRPOConfig,
+               prompts: list[str] | None = None, quiet: bool = False):
+    """cfg.n_iterations jitted iterations on the capitals prompts (default: the train split)
+    -> (policy params, history) with history[name] = [n_iterations] numpy array of every metric
+    of `grpo_iteration` (reward, gold/accuracy, kl, policy/clipfrac, ...), plus "clipfrac"
+    (= policy/clipfrac) and "time/iteration" (seconds, wall clock)."""
+    if cfg.reward == "model" and rm_params is None:
+        raise ValueError("train_grpo: cfg.reward='model' needs the reward model's params")
+    table = prompt_table(tok, list(prompts or split_prompts("train")), cfg.prompt_len)
+    verifier = make_verifier(tok, model_cfg.vocab_size)
+    state = init_grpo_state(policy_params, cfg)
+    beta = jnp.float32(cfg.beta)
+    history, progress = {}, Progress(f"grpo:{cfg.estimator}", cfg.n_iterations, quiet=quiet)
+    keys = jax.random.split(jax.random.PRNGKey(cfg.seed), cfg.n_iterations)
+    for i, key in enumerate(keys, 1):
+        t0 = time.perf_counter()
+        state, out = grpo_iteration(state, ref_params, rm_params, table, verifier, beta, key,
+                                    cfg=compiled_part(cfg), model_cfg=model_cfg)
+        metrics = {k: float(v) for k, v in jax.device_get(out.metrics).items()}
+        metrics["clipfrac"] = metrics["policy/clipfrac"]
+        metrics["time/iteration"] = time.perf_counter() - t0
+        for name, value in metrics.items():
+            history.setdefault(name, []).append(value)
+        progress(i, {k: metrics[k] for k in SHOWN})
+    return state.params, {k: np.array(v) for k, v in history.items()}
+
+
+# ----------------------------------------------------------------------------- expert iteration
+
+@dataclasses.dataclass(frozen=True)
+class ExpertIterationConfig:
+    """Expert iteration (STaR without rationales): sample, keep the verified answers, SFT."""
+
+    rounds: int = 3
+    """Sample -> filter -> fine-tune rounds."""
+    samples_per_prompt: int = 8
+    """G answers sampled per training prompt each round."""
+    sft_steps: int = 20
+    """Adam steps of the response-masked SFT loss per round."""
+    batch_size: int = 32
+    """Kept answers per SFT step (drawn with replacement when fewer were kept)."""
+    lr: float = 3e-4
+    """Adam step size (constant, one optimizer state across rounds)."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    prompt_len: int = PROMPT_LEN
+    """Width of the left-padded prompts."""
+    max_new_tokens: int = MAX_NEW_TOKENS
+    """Response budget."""
+    seed: int = 0
+    """Seeds the samples and the SFT batch order."""
+
+    def __post_init__(self):
+        check_fields(self, counts=("rounds", "samples_per_prompt", "sft_steps", "batch_size",
+                                   "prompt_len", "max_new_tokens"),
+                     positive=("lr", "temperature"))
+
+    @classmethod
+    def smoke(cls) -> ExpertIterationConfig:
+        """Two rounds of 2 samples per prompt and 3 steps: for the --smoke lessons and tests."""
+        return cls(rounds=2, samples_per_prompt=2, sft_steps=3, batch_size=8)
+
+
+@partial(jax.jit, static_argnames=("model_cfg", "max_new_tokens", "temperature"))
+def sample_and_verify(params, table: PromptTable, verifier: Verifier, rows, key, *,
+                      model_cfg: GPTConfig, max_new_tokens: int, temperature: float):
+    """One answer per prompt row `rows` [B] -> (Generation, verifiable reward [B])."""
+    gen = generate(params, table.tokens[rows], table.attention_mask[rows], key, cfg=model_cfg,
+                   max_new_tokens=max_new_tokens, temperature=temperature)
+    return gen, verifiable_reward(verifier, gen.tokens, gen.response_mask, table.answer[rows])
+
+
+@functools.cache
+def sft_optimizer(lr: float) -> optax.GradientTransformation:
+    """Adam with global-norm clipping at 1 (cached: one compiled SFT step per lr)."""
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
+
+
+@partial(jax.jit, static_argnames=("lr", "model_cfg"))
+def sft_step(params, opt_state, batch: dict, *, lr: float, model_cfg: GPTConfig):
+    """One Adam step of pretrain.lm_loss with loss_mask = the response: the SFT loss
+    -(1/N) sum_{t in y} log pi(y_t | x, y_<t) (sft.py) on kept answers -> (params, opt_state, loss)."""
+    (loss, _), grads = jax.value_and_grad(lm_loss, has_aux=True)(params, batch, model_cfg)
+    updates, opt_state = sft_optimizer(lr).update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+
+def expert_iteration(policy_params: dict, model_cfg: GPTConfig, tok: Tokenizer,
+                     cfg: ExpertIterationConfig, prompts: list[str] | None = None,
+                     quiet: bool = False):
+    """cfg.rounds of: G samples per prompt -> keep the verified ones -> cfg.sft_steps SFT steps.
+    -> (params, history) with history[name] = [rounds] numpy arrays: "gold/accuracy" (fraction
+    of the round's samples the verifier accepted), "kept" (their number), "loss" (mean SFT loss
+    of the round), "time/round"."""
+    table = prompt_table(tok, list(prompts or split_prompts("train")), cfg.prompt_len)
+    verifier = make_verifier(tok, model_cfg.vocab_size)
+    rows = jnp.repeat(jnp.arange(table.tokens.shape[0]), cfg.samples_per_prompt)     # [B]
+    params = jax.tree_util.tree_map(jnp.array, policy_params)
+    opt_state = sft_optimizer(cfg.lr).init(params)
+    rng, key = np.random.default_rng(cfg.seed), jax.random.PRNGKey(cfg.seed)
+    history, progress = {}, Progress("expert-iteration", cfg.rounds, n_prints=cfg.rounds,
+                                     quiet=quiet)
+    for r in range(1, cfg.rounds + 1):
+        t0 = time.perf_counter()
+        key, k_sample = jax.random.split(key)
+        gen, correct = sample_and_verify(params, table, verifier, rows, k_sample,
+                                         model_cfg=model_cfg, max_new_tokens=cfg.max_new_tokens,
+                                         temperature=cfg.temperature)
+        kept = np.flatnonzero(np.asarray(correct) > 0)
+        losses = []
+        if kept.size:
+            data = {"tokens": np.asarray(gen.tokens)[kept],
+                    "attention_mask": np.asarray(gen.attention_mask)[kept],
+                    "loss_mask": np.asarray(gen.response_mask)[kept]}
+            for _ in range(cfg.sft_steps):
+                pick = rng.choice(kept.size, cfg.batch_size, replace=kept.size < cfg.batch_size)
+                params, opt_state, loss = sft_step(params, opt_state,
+                                                   {k: v[pick] for k, v in data.items()},
+                                                   lr=cfg.lr, model_cfg=model_cfg)
+                losses.append(float(loss))
+        metrics = {"gold/accuracy": float(np.mean(np.asarray(correct))), "kept": float(kept.size),
+                   "loss": float(np.mean(losses)) if losses else float("nan"),
+                   "time/round": time.perf_counter() - t0}
+        for name, value in metrics.items():
+            history.setdefault(name, []).append(value)
+        progress(r, {k: metrics[k] for k in ("gold/accuracy", "kept", "loss")})
+    return params, {k: np.array(v) for k, v in history.items()}
