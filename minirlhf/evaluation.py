@@ -36,13 +36,31 @@ class Samples(NamedTuple):
     generation: Generation   # the token-level result (tokens, masks, log-probs)
 
 
+def row_bucket(n_rows: int) -> int:
+    """The batch size `n_rows` rows are padded to: the next power of two (at least 8) up to 256,
+    then the next multiple of 256.  Every split, policy and lesson that samples about as many
+    rows then reuses one compiled sampler (and one `sequence_kl`) instead of one per row count."""
+    return max(8, 1 << (n_rows - 1).bit_length()) if n_rows <= 256 else -(-n_rows // 256) * 256
+
+
+def pad_rows(x, n_rows: int):
+    """x [B, ...] -> [n_rows, ...], the extra rows copies of the last one (a real prompt)."""
+    return jnp.pad(x, ((0, n_rows - x.shape[0]),) + ((0, 0),) * (x.ndim - 1), mode="edge")
+
+
 def sample_answers(params, cfg: GPTConfig, tok: Tokenizer, prompts: Sequence[str], key: jax.Array,
                    n: int = 1, temperature: float = 1.0, top_k: int = 0) -> Samples:
-    """Sample n answers to each prompt (rows ordered prompt-major) and score them with r*."""
+    """Sample n answers to each prompt (rows ordered prompt-major) and score them with r*.
+
+    The sampler runs on `row_bucket(rows)` rows (the extra rows are sampled and dropped), so
+    evaluations of different sizes share one compiled program.
+    """
     rows = [p for p in prompts for _ in range(n)]
     enc = encode_prompts(tok, rows, max_len=PROMPT_LEN)
-    gen = generate(params, enc.tokens, enc.attention_mask, key, cfg=cfg,
-                   max_new_tokens=MAX_NEW_TOKENS, temperature=temperature, top_k=top_k)
+    B = len(rows)
+    gen = generate(params, pad_rows(enc.tokens, row_bucket(B)), pad_rows(enc.attention_mask, row_bucket(B)),
+                   key, cfg=cfg, max_new_tokens=MAX_NEW_TOKENS, temperature=temperature, top_k=top_k)
+    gen = Generation(*(x[:B] for x in gen))                                  # the real rows
     dec = decode_responses(tok, gen.tokens, gen.response_mask)
     countries = [parse_country(p) for p in rows]
     return Samples(rows, dec.texts, dec.ended, gold_rewards(countries, dec.texts, dec.ended),
@@ -81,8 +99,10 @@ def evaluate_policy(params, ref_params, model_cfg: GPTConfig, tok: Tokenizer, sp
     out = {}
     for name, key_i in zip(splits, jax.random.split(key, len(splits))):
         samples = sample_answers(params, model_cfg, tok, splits[name], key_i, n)
-        out[name] = {**gold_metrics(samples),
-                     "kl": float(jnp.mean(sequence_kl(ref_params, samples.generation, model_cfg)))}
+        B = len(samples.prompts)
+        padded = Generation(*(pad_rows(x, row_bucket(B)) for x in samples.generation))
+        kl = sequence_kl(ref_params, padded, model_cfg)[:B]                   # one program per bucket
+        out[name] = {**gold_metrics(samples), "kl": float(jnp.mean(kl))}
     return out
 
 
