@@ -207,20 +207,32 @@ def test_enumeration_and_group_gradient_equal_the_loop():
         np.testing.assert_allclose(got_var, var, rtol=1e-10)
 
 
-def test_sampled_group_gradients_match_enumeration():
-    """The mean of 20000 sampled groups is within 5 standard errors of the exact mean."""
+def test_sampled_moments_match_enumeration():
+    """Moments of 20000 sampled groups are within 5 standard errors of the enumerated mean."""
     logp, reward = _tiny()
     G, D = 3, 20000
-    all_draws = eg.sampled_group_gradients(jnp.asarray(logp, jnp.float32),
-                                           jnp.asarray(reward, jnp.float32), G,
-                                           jax.random.key(0), D)
-    for kind in ("rloo", "grpo"):
-        draws = np.asarray(all_draws[kind], np.float64)
-        with jax.enable_x64(True):
-            mean, _ = eg.enumerated_group_gradient(jnp.asarray(logp), jnp.asarray(reward),
-                                                   kind, G)
-        stderr = draws.std(0) / np.sqrt(D)
-        assert np.all(np.abs(draws.mean(0) - np.asarray(mean)) <= 5 * stderr + 1e-6)
+    with jax.enable_x64(True):
+        logp, reward = jnp.asarray(logp), jnp.asarray(reward)
+        groups = jax.random.categorical(jax.random.key(0), logp, shape=(D, G))
+        for kind in ("rloo", "grpo"):
+            draws = jax.vmap(lambda grp, k=kind: eg.group_gradient(logp, reward, grp, k))(groups)
+            mean, _ = eg.group_gradient_moments(logp, reward, groups, kind)
+            exact_mean, _ = eg.enumerated_group_gradient(logp, reward, kind, G)
+            stderr = np.asarray(draws).std(0) / np.sqrt(D)
+            assert np.all(np.abs(np.asarray(mean - exact_mean)) <= 5 * stderr + 1e-9)
+
+
+def test_finite_group_table_rloo_scale_one_drgrpo_scaled():
+    w = exact.make_exact_world(SMALL)
+    table = eg.finite_group_table(w.logp_ref, w.reward, (2, 4), jax.random.key(0), 20000)
+    for G in (2, 4):
+        assert abs(table["rloo", G]["scale"] - 1.0) < 0.05
+        # the same groups: RLOO is G/(G-1) times Dr. GRPO draw by draw
+        np.testing.assert_allclose(table["rloo", G]["scale"],
+                                   G / (G - 1) * table["drgrpo", G]["scale"], rtol=1e-4)
+        np.testing.assert_allclose(table["rloo", G]["rel_variance"],
+                                   (G / (G - 1)) ** 2 * table["drgrpo", G]["rel_variance"],
+                                   rtol=1e-3)
 
 
 def test_config_validation():
@@ -230,3 +242,16 @@ def test_config_validation():
         eg.ExactPGConfig(baseline="median")
     with pytest.raises(ValueError, match="n_steps"):
         eg.ExactPGConfig(n_steps=0)
+
+
+def test_group_gradient_moments_equal_the_explicit_draws():
+    """The O(G^2)-per-group moments equal the mean and mean squared norm of g_hat [D, N]."""
+    logp, reward = _tiny()
+    with jax.enable_x64(True):
+        logp, reward = jnp.asarray(logp), jnp.asarray(reward)
+        groups = jax.random.categorical(jax.random.key(1), logp, shape=(500, 5))  # repeats
+        for kind in ("rloo", "drgrpo", "grpo"):
+            g = jax.vmap(lambda grp, k=kind: eg.group_gradient(logp, reward, grp, k))(groups)
+            mean, sq = eg.group_gradient_moments(logp, reward, groups, kind)
+            np.testing.assert_allclose(mean, g.mean(0), atol=1e-12)
+            np.testing.assert_allclose(sq, np.mean(np.sum(np.asarray(g) ** 2, -1)), rtol=1e-10)

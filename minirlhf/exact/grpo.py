@@ -216,15 +216,6 @@ def group_gradient(logp, reward, group, kind: str, eps: float = 1e-4):
     return counts - jnp.sum(adv) / G * jnp.exp(logp)
 
 
-@partial(jax.jit, static_argnums=(2, 4))
-def sampled_group_gradients(logp, reward, group_size: int, key, n_draws: int) -> dict:
-    """n_draws independent groups y_1..y_G ~ pi iid and each advantage kind's gradient
-    estimate on the same groups. logp, reward: [N]. Returns {kind: g_hat [n_draws, N]}."""
-    groups = jax.random.categorical(key, logp, shape=(n_draws, group_size))  # [D, G]
-    return {kind: jax.vmap(lambda g, k=kind: group_gradient(logp, reward, g, k))(groups)
-            for kind in grpo.ADVANTAGE_KINDS}
-
-
 def enumerated_group_gradient(logp, reward, kind: str, group_size: int):
     """E[g_hat] and E||g_hat - E g_hat||^2 by enumerating all N^G ordered groups with their
     probabilities prod_i pi(y_i) (small N and G only). logp, reward: [N].
@@ -237,35 +228,56 @@ def enumerated_group_gradient(logp, reward, kind: str, group_size: int):
     return mean, weights @ jnp.sum((g - mean) ** 2, axis=-1)
 
 
-def gradient_estimator_stats(g_hat: jax.Array, g_true: jax.Array) -> dict:
-    """Summary of gradient draws [D, N] against the exact gradient [N]:
-    scale = <E g_hat, g> / |g|^2 (1 = unbiased in the direction of g), cos(E g_hat, g),
-    relative bias |E g_hat - g| / |g|, total variance E|g_hat - E g_hat|^2 / |g|^2."""
-    mean = jnp.mean(g_hat, axis=0)
+def group_gradient_moments(logp, reward, groups, kind: str, eps: float = 1e-4):
+    """E[g_hat] and E|g_hat|^2 over the rows of `groups` [D, G] without forming g_hat [D, N].
+
+    With c = (1/G) sum_i A_i e_{y_i} and s = (1/G) sum_i A_i, g_hat = c - s pi, so
+        |g_hat|^2 = (1/G^2) sum_{i,j} A_i A_j 1[y_i = y_j] - 2 s (1/G) sum_i A_i pi(y_i)
+                    + s^2 |pi|^2.
+    logp, reward: [N]. Returns (mean [N], mean squared norm scalar).
+    """
+    D, G = groups.shape
+    pi = jnp.exp(logp)  # [N]
+    adv = grpo.group_advantages(reward[groups], kind, eps)  # [D, G]
+    s = jnp.sum(adv, axis=-1) / G  # [D]
+    mean = (jnp.zeros_like(pi).at[groups.reshape(-1)].add(adv.reshape(-1) / G) / D
+            - jnp.mean(s) * pi)  # [N]
+    same = groups[:, :, None] == groups[:, None, :]  # [D, G, G] 1[y_i = y_j]
+    c_norm2 = jnp.einsum("di,dj,dij->d", adv, adv, same) / G**2  # [D] |c|^2
+    c_dot_pi = jnp.sum(adv * pi[groups], axis=-1) / G  # [D] <c, pi>
+    sq = c_norm2 - 2 * s * c_dot_pi + s**2 * jnp.sum(pi**2)  # [D] |g_hat|^2
+    return mean, jnp.mean(sq)
+
+
+def estimator_stats(mean: jax.Array, mean_sq_norm: jax.Array, g_true: jax.Array) -> dict:
+    """Bias and variance of a gradient estimator from its moments, against the exact g_true:
+    scale = <E g_hat, g> / |g|^2 (1 = the right size along g), cos(E g_hat, g),
+    rel_bias = |E g_hat - g| / |g|, rel_variance = (E|g_hat|^2 - |E g_hat|^2) / |g|^2."""
     norm2 = jnp.sum(g_true**2)
     return {"scale": jnp.sum(mean * g_true) / norm2,
             "cos": jnp.sum(mean * g_true) / jnp.sqrt(jnp.sum(mean**2) * norm2),
             "rel_bias": jnp.sqrt(jnp.sum((mean - g_true) ** 2) / norm2),
-            "rel_variance": jnp.mean(jnp.sum((g_hat - mean) ** 2, axis=-1)) / norm2}
+            "rel_variance": (mean_sq_norm - jnp.sum(mean**2)) / norm2}
 
 
 @partial(jax.jit, static_argnums=(2, 4))
 def _group_stats(logp_ref, reward, group_size: int, key, n_draws: int) -> dict:
-    """gradient_estimator_stats of every kind, per prompt (lax.map: one prompt's draws in
-    memory at a time). Returns {kind: {stat: [P]}}."""
-    def one_prompt(xs):
-        logp, r, k = xs
-        draws = sampled_group_gradients(logp, r, group_size, k, n_draws)
-        g_true = exact_reward_gradient(logp, r)
-        return {kind: gradient_estimator_stats(g, g_true) for kind, g in draws.items()}
+    """`estimator_stats` of every advantage kind, per prompt, from n_draws groups of
+    group_size answers drawn from pi_ref (the same groups for every kind).
+    Returns {kind: {stat: [P]}}."""
+    def one_prompt(logp, r, k):
+        groups = jax.random.categorical(k, logp, shape=(n_draws, group_size))  # [D, G]
+        g = exact_reward_gradient(logp, r)  # [N]
+        return {kind: estimator_stats(*group_gradient_moments(logp, r, groups, kind), g)
+                for kind in grpo.ADVANTAGE_KINDS}
 
     keys = jax.random.split(key, logp_ref.shape[0])
-    return jax.lax.map(one_prompt, (logp_ref, reward, keys))
+    return jax.vmap(one_prompt)(logp_ref, reward, keys)
 
 
 def finite_group_table(logp_ref, reward, group_sizes, key, n_draws: int = 20000) -> dict:
-    """For each group size and advantage kind: gradient_estimator_stats of n_draws sampled
-    groups at pi_ref, per prompt, averaged over prompts. logp_ref, reward: [P, N].
+    """For each group size and advantage kind: `estimator_stats` of n_draws sampled groups
+    at pi_ref, per prompt, averaged over prompts. logp_ref, reward: [P, N].
     Returns {(kind, G): {stat: float}}; one compiled program per G."""
     table = {}
     for G in group_sizes:
