@@ -36,11 +36,7 @@ class Samples(NamedTuple):
     generation: Generation   # the token-level result (tokens, masks, log-probs)
 
 
-def row_bucket(n_rows: int) -> int:
-    """The batch size `n_rows` rows are padded to: the next power of two (at least 8) up to 256,
-    then the next multiple of 256.  Every split, policy and lesson that samples about as many
-    rows then reuses one compiled sampler (and one `sequence_kl`) instead of one per row count."""
-    return max(8, 1 << (n_rows - 1).bit_length()) if n_rows <= 256 else -(-n_rows // 256) * 256
+CHUNK_ROWS = 64   # the sampler's batch size for every evaluation (one compiled program)
 
 
 def pad_rows(x, n_rows: int):
@@ -48,19 +44,37 @@ def pad_rows(x, n_rows: int):
     return jnp.pad(x, ((0, n_rows - x.shape[0]),) + ((0, 0),) * (x.ndim - 1), mode="edge")
 
 
+def in_chunks(fn, arrays, key=None):
+    """fn(*chunk[, key_i]) on consecutive CHUNK_ROWS-row chunks of `arrays` (each [B, ...]; the
+    last chunk padded with copies of the last row), outputs concatenated and cut back to B rows.
+
+    Every evaluation then runs one compiled program whatever its number of rows (B = 64 is also
+    where the CPU sampler's tokens/s levels off: benchmarks/bench_sampler.py).  Chunk i gets the
+    key fold_in(key, i).
+    """
+    B = arrays[0].shape[0]
+    padded = [pad_rows(x, -(-B // CHUNK_ROWS) * CHUNK_ROWS) for x in arrays]
+    outs = []
+    for i in range(0, padded[0].shape[0], CHUNK_ROWS):
+        chunk = [x[i:i + CHUNK_ROWS] for x in padded]
+        keys = [] if key is None else [jax.random.fold_in(key, i // CHUNK_ROWS)]
+        outs.append(fn(*chunk, *keys))
+    return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs)[:B], *outs)
+
+
 def sample_answers(params, cfg: GPTConfig, tok: Tokenizer, prompts: Sequence[str], key: jax.Array,
                    n: int = 1, temperature: float = 1.0, top_k: int = 0) -> Samples:
     """Sample n answers to each prompt (rows ordered prompt-major) and score them with r*.
 
-    The sampler runs on `row_bucket(rows)` rows (the extra rows are sampled and dropped), so
-    evaluations of different sizes share one compiled program.
+    The sampler runs on chunks of CHUNK_ROWS rows (`in_chunks`: the padding rows are sampled
+    and dropped), so evaluations of every size share one compiled program.
     """
     rows = [p for p in prompts for _ in range(n)]
     enc = encode_prompts(tok, rows, max_len=PROMPT_LEN)
-    B = len(rows)
-    gen = generate(params, pad_rows(enc.tokens, row_bucket(B)), pad_rows(enc.attention_mask, row_bucket(B)),
-                   key, cfg=cfg, max_new_tokens=MAX_NEW_TOKENS, temperature=temperature, top_k=top_k)
-    gen = Generation(*(x[:B] for x in gen))                                  # the real rows
+    sample = lambda tokens, mask, key_i: generate(params, tokens, mask, key_i, cfg=cfg,
+                                                  max_new_tokens=MAX_NEW_TOKENS,
+                                                  temperature=temperature, top_k=top_k)
+    gen = Generation(*in_chunks(sample, [enc.tokens, enc.attention_mask], key))
     dec = decode_responses(tok, gen.tokens, gen.response_mask)
     countries = [parse_country(p) for p in rows]
     return Samples(rows, dec.texts, dec.ended, gold_rewards(countries, dec.texts, dec.ended),
@@ -99,9 +113,8 @@ def evaluate_policy(params, ref_params, model_cfg: GPTConfig, tok: Tokenizer, sp
     out = {}
     for name, key_i in zip(splits, jax.random.split(key, len(splits))):
         samples = sample_answers(params, model_cfg, tok, splits[name], key_i, n)
-        B = len(samples.prompts)
-        padded = Generation(*(pad_rows(x, row_bucket(B)) for x in samples.generation))
-        kl = sequence_kl(ref_params, padded, model_cfg)[:B]                   # one program per bucket
+        kl = in_chunks(lambda *g: sequence_kl(ref_params, Generation(*g), model_cfg),
+                       list(samples.generation))                              # one program
         out[name] = {**gold_metrics(samples), "kl": float(jnp.mean(kl))}
     return out
 
