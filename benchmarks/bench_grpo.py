@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from minirlhf import grpo_train as gt
-from minirlhf.model import GPTConfig, forward, init_params, init_scalar_head, token_logprobs
+from minirlhf.model import GPTConfig, init_params, init_scalar_head
 from minirlhf.pretrain import ensure_tokenizer
 from minirlhf.reward import reward_forward
 from minirlhf.sampling import generate
@@ -80,7 +80,7 @@ def main():
 
     @jax.jit
     def scoring(ref_params, rm_params, toks, attn):
-        ref_logps = token_logprobs(forward(ref_params, toks, attn, model_cfg).logits, toks)
+        ref_logps = gt.policy_logps(ref_params, toks, attn, cfg, model_cfg)
         return ref_logps, reward_forward(rm_params, toks, attn, model_cfg)
 
     pieces["scoring"] = timed(lambda: scoring(ref, rm, gen.tokens, gen.attention_mask),

@@ -1,8 +1,12 @@
-"""Lesson 08, experiment 4: SFT, best-of-n, PPO, DPO and IPO on the capitals world, side by side.
+"""Lesson 08, experiment 4: SFT, best-of-n, PPO, GRPO, RLOO, DPO and IPO on the capitals world,
+side by side.
 
 All methods start from the same pi_ref (the SFT checkpoint) and use the same preference data
-(lesson 04's train pairs): PPO and best-of-n through the reward model fitted to them, DPO and
-IPO directly. Each trained method is rerun for every seed (seed of its batch order / rollouts,
+(lesson 04's train pairs): PPO, GRPO, RLOO and best-of-n through the reward model fitted to
+them, DPO and IPO directly.  One more row, "grpo-gold", is GRPO given the verifiable reward
+(right capital and no other: the gold accuracy itself) instead of the reward model: not a
+method on the same data, but what the same optimiser reaches when the reward is exact.  Each
+trained method is rerun for every seed (seed of its batch order / rollouts,
 and of the evaluation samples), timed on this machine, then measured by
 
 * gold accuracy of temperature-1 samples on the train / held-out / OOD prompts,
@@ -22,7 +26,7 @@ import time
 import jax
 import numpy as np
 
-from minirlhf import dpo_train, ppo_train
+from minirlhf import dpo_train, grpo_train, ppo_train
 from minirlhf.evaluation import evaluate_policy, sample_answers
 from minirlhf.exact.world import best_of_n_kl_bound
 from minirlhf.pretrain import ensure_tokenizer
@@ -33,6 +37,11 @@ from minirlhf.worlds.capitals import split_prompts
 
 SPLITS = ("train", "heldout", "ood")
 COLUMNS = ("acc/train", "acc/heldout", "acc/ood", "kl", "time_s")
+GRPO_ROWS = {   # row name: the GRPOConfig fields that make it (lesson 07)
+    "grpo": {"estimator": "grpo", "reward": "model", "kl_in": "loss"},    # k3 in the loss
+    "rloo": {"estimator": "rloo", "reward": "model", "kl_in": "reward"},  # k1 in the reward
+    "grpo-gold": {"estimator": "grpo", "reward": "gold", "kl_in": "loss"},  # verifiable reward
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +54,9 @@ class CapitalsCompareConfig:
     """n of best-of-n (samples from pi_ref = SFT, pick the highest reward-model score)."""
     ppo: ppo_train.PPOConfig = ppo_train.PPOConfig(n_iterations=20, ptx_coef=0.0)   # plain PPO vs plain DPO
     """PPO run (reduced from lesson 05's default to fit lesson 08's time budget)."""
+    grpo: grpo_train.GRPOConfig = dataclasses.field(default_factory=grpo_train.GRPOConfig)
+    """GRPO / RLOO runs (grpo_train's default); each row of GRPO_ROWS sets its estimator,
+    reward and KL placement on top."""
     dpo: dpo_train.DPOConfig = dpo_train.DPOConfig()
     """DPO run (lesson 06's default); IPO uses the same with loss_type="ipo"."""
 
@@ -52,7 +64,7 @@ class CapitalsCompareConfig:
     def smoke(cls) -> CapitalsCompareConfig:
         """One seed, one answer per prompt and the stages' smoke configs: for the tests."""
         return cls(seeds=(0,), n_eval=1, bon_n=2, ppo=ppo_train.PPOConfig.smoke(),
-                   dpo=dpo_train.DPOConfig.smoke())
+                   grpo=grpo_train.GRPOConfig.smoke(), dpo=dpo_train.DPOConfig.smoke())
 
 
 def _evaluate(params, ref_params, model_cfg, tok, splits, key, n_eval) -> dict:
@@ -74,7 +86,8 @@ def best_of_n_accuracy(params, rm_params, model_cfg, tok, prompts, key, n: int, 
 
 
 def capitals_table(smoke: bool, cfg: CapitalsCompareConfig, quiet: bool = True) -> dict:
-    """{method: {column: [len(seeds)] numpy}} for SFT, best-of-n, PPO, DPO, IPO (COLUMNS)."""
+    """{method: {column: [len(seeds)] numpy}} for SFT, best-of-n, PPO, GRPO_ROWS, DPO, IPO
+    (COLUMNS)."""
     tok, (sft_params, model_cfg) = ensure_tokenizer(smoke), ensure_sft_model(smoke)
     rm_params, _ = ensure_reward_model(smoke)
     splits = {s: split_prompts(s) for s in SPLITS}
@@ -103,6 +116,14 @@ def capitals_table(smoke: bool, cfg: CapitalsCompareConfig, quiet: bool = True) 
         elapsed = time.perf_counter() - t0
         add("ppo", {**_evaluate(state.train_state.params["policy"], sft_params, model_cfg, tok,
                                 splits, key, cfg.n_eval), "time_s": elapsed})
+        for method, fields in GRPO_ROWS.items():
+            t0 = time.perf_counter()
+            params, _ = grpo_train.train_grpo(
+                sft_params, sft_params, rm_params, model_cfg, tok,
+                dataclasses.replace(cfg.grpo, seed=seed, **fields), quiet=quiet)
+            elapsed = time.perf_counter() - t0
+            add(method, {**_evaluate(params, sft_params, model_cfg, tok, splits, key, cfg.n_eval),
+                         "time_s": elapsed})
         for loss_type in ("dpo", "ipo"):
             t0 = time.perf_counter()
             params, _ = dpo_train.train_dpo(
