@@ -13,6 +13,7 @@ build it (training the tokenizer / running this stage); see paths.py.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -112,11 +113,18 @@ def ptx_loss(params, batch: dict, cfg: GPTConfig):
     return lm_loss(params, {k: batch[f"ptx_{k}"] for k in PTX_FIELDS}, cfg)[0]
 
 
+@functools.lru_cache(maxsize=16)
+def lm_train_step(cfg: GPTConfig, steps: int, lr: float, weight_decay: float):
+    """(optimizer, jitted train step) of `lm_loss`, one per (model, schedule): runs with the same
+    settings (lesson 03's two SFT runs, repeated test calls) reuse one compiled program."""
+    optimizer = make_optimizer(lr, steps, weight_decay=weight_decay)
+    return optimizer, make_train_step(lambda p, b: lm_loss(p, b, cfg), optimizer)
+
+
 def train_lm(params, arrays: dict, cfg: GPTConfig, *, steps: int, batch_size: int, lr: float,
              weight_decay: float, seed: int, name: str, quiet: bool = False):
     """Run `steps` AdamW steps of `lm_loss` on `arrays`; returns (params, loss history)."""
-    optimizer = make_optimizer(lr, steps, weight_decay=weight_decay)
-    step_fn = make_train_step(lambda p, b: lm_loss(p, b, cfg), optimizer)
+    optimizer, step_fn = lm_train_step(cfg, steps, lr, weight_decay)
     state, history = init_train_state(params, optimizer), []
     progress = Progress(name, steps, quiet=quiet)
     for i, batch in enumerate(batches(np.random.default_rng(seed), arrays, batch_size, steps), 1):
