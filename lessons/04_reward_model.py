@@ -125,7 +125,6 @@ for r in records["train"][:4]:
 # `rm.reward_loss` scores a batch of 8 groups x 8 answers in one forward pass; `regime="head"` puts a
 # stop_gradient on the backbone and masks its optimizer updates (the frozen backbone stays
 # bit-for-bit the SFT model), `regime="full"` trains everything.
-
 #
 # **The loss on five hand-made pairs.**  Before the transformer: the package's
 # `bradley_terry_loss` and its `jax.grad` on five pairs of made-up rewards, beside the same numbers
@@ -169,6 +168,7 @@ print(f"{'':<10}{'package':>10}{'by hand':>10}")
 print(f"{'loss':<10}{float(loss_g):>10.4f}{float(loss_h):>10.4f}")
 for k in range(3):
     print(f"{f'dL/dr_{k}':<10}{float(grad_g[0, k]):>10.4f}{float(grad_h[k]):>10.4f}")
+
 # %%
 k_head, k_ref = jax.random.split(jax.random.PRNGKey(args.seed))
 init = rm.init_reward_model(k_head, sft_params, cfg)
@@ -232,10 +232,10 @@ print(f"\nkept for lesson 05: the '{best}' regime (lower Bradley-Terry loss on t
 #   pairs against a Bayes rate of 0.85: the SFT model's last hidden state does not carry "this
 #   capital is right for this country" as a direction a linear head can read.
 # * **Full fine-tuning fits the distribution** (valid accuracy 0.83 against the Bayes rate of
-#   0.85, gold agreement 0.91, and it ranks the right canonical answer above the neighbour's for
-#   all 32 train countries) and is kept: it has the lower valid loss.  The K-wise comparisons
-#   help it get there: the same 5120 samples give 15207 comparisons instead of 2149 independent
-#   pairs, and each group's comparisons move the model together (section 2).
+#   0.85, gold agreement above 0.9, and it ranks the right canonical answer above the
+#   neighbour's for all 32 train countries) and is kept: it has the lower valid loss.  The
+#   K-wise comparisons help it get there: a group of 8 samples gives up to 28 comparisons instead
+#   of 4 independent pairs, and each group's comparisons move the model together (section 2).
 # * **Neither generalises to countries it never saw**, and the full model is worse than chance
 #   there: it learned which capital words appear in good answers, and a held-out capital only
 #   ever appeared in the train responses as a *wrong* answer (section 6).

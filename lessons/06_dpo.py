@@ -6,8 +6,8 @@
 # the pairs with a loss as simple as a logistic regression, and still optimises the same
 # KL-regularised objective.  We start from the SFT policy pi_ref (lesson 03) and use the train
 # split of lesson 04's comparisons (x, y_w, y_l), collected from pi_ref and labelled by the
-# rater: every pair of distinct answers inside groups of 8, 15207 comparisons.  DPO's loss is a
-# sum over comparisons, so it reads them as pairs; the reward model used the same comparisons.
+# rater: every pair of distinct answers inside groups of 8, about 15,000 comparisons.  DPO's loss
+# is a sum over comparisons, so it reads them as pairs; the reward model used the same comparisons.
 #
 # ## 1. From the RL objective to a classification loss
 #
