@@ -7,8 +7,8 @@ Each `lessons/NN_*.py` (jupytext percent format) becomes a notebook (jupytext), 
 bottom in a fresh IPython kernel whose working directory is the repository root (nbclient), and
 is written as HTML (nbconvert's `basic` template inside a page of our own): prose, equations,
 code, printed output and figures in place.  Lessons run in file order, so each finds the
-checkpoints the previous ones left, exactly as `make lessons` chains them (an existing
-checkpoint is loaded, a missing one is trained).  The contents page, index.html, lists each
+checkpoints the previous ones left, exactly as `make lessons` chains them (a checkpoint made
+by the same recipe is loaded, a missing one is trained).  The contents page, index.html, lists each
 lesson's title (its first markdown heading) and the seconds it took to execute.
 
 The pages work offline: no script, font or stylesheet is fetched.  Figures are embedded as
@@ -309,9 +309,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="seconds one cell may run (default: no limit)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    from minirlhf.paths import runs_root
+    from minirlhf.paths import SMOKE_ENV_VAR, runs_root
     out = args.out or (runs_root() / "smoke" / "book" if args.smoke else runs_root() / "book")
     os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ[SMOKE_ENV_VAR] = "1" if args.smoke else "0"   # the kernels inherit it: no mix-up
     build(out, args.smoke, args.only, args.timeout)
 
 
