@@ -13,12 +13,14 @@ compiles it (reported separately); every call ends with block_until_ready; the m
   scoring     the rollout's other forward passes: pi_ref log-probs and the reward model
   verifier    the in-jit verifiable reward (text assembly + whole-word search of 48 capitals)
   update      value_and_grad of grpo_train.iteration_loss + one Adam step
-  iteration   grpo_train.grpo_iteration: all of the above in one program
+  iteration   grpo_train.grpo_iteration with the reward model: all of the above in one program
+  iter/gold   the same with the verifiable reward (reward="gold": no reward-model forward pass)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from functools import partial
 
@@ -104,14 +106,19 @@ def main():
     run = partial(gt.grpo_iteration, cfg=gt.compiled_part(cfg), model_cfg=model_cfg)
     pieces["iteration"] = timed(lambda: run(state, ref, rm, table, verifier, beta, k_it),
                                 args.repeats)
+    gold = partial(gt.grpo_iteration, cfg=gt.compiled_part(dataclasses.replace(cfg, reward="gold")),
+                   model_cfg=model_cfg)
+    pieces["iter/gold"] = timed(lambda: gold(state, ref, None, table, verifier, beta, k_it),
+                                args.repeats)
 
     it = pieces["iteration"][1]
     print(f"\n{'piece':<12}{'compile+1st (s)':>16}{'per call (s)':>14}{'share of iteration':>20}")
     for name, (first, per_call, _) in pieces.items():
         print(f"{name:<12}{first:>16.2f}{per_call:>14.3f}{per_call / it:>20.0%}")
-    print(f"\nGRPO iteration: compile {pieces['iteration'][0] - it:.1f} s (first call "
-          f"{pieces['iteration'][0]:.1f} s), then {it:.3f} s per iteration "
-          f"(median of {args.repeats})")
+    for name, what in (("iteration", "reward model"), ("iter/gold", "verifiable reward")):
+        first, per_call, _ = pieces[name]
+        print(f"GRPO iteration ({what}): compile {first - per_call:.1f} s (first call "
+              f"{first:.1f} s), then {per_call:.3f} s per iteration (median of {args.repeats})")
 
 
 if __name__ == "__main__":
