@@ -4,6 +4,7 @@
     python benchmarks/compile_budget.py --smoke          # the --smoke runs (what the tests run)
     python benchmarks/compile_budget.py --lessons 02 03  # a subset (still in file order)
     python benchmarks/compile_budget.py --cache DIR      # with a persistent compilation cache
+    python benchmarks/compile_budget.py --top 10         # and each lesson's costliest programs
 
 Each lesson runs in its own process, as `make lessons` runs it; this script is that process's
 entry point too (`--child`): it registers a `jax.monitoring` time-span listener and then runs
@@ -20,8 +21,8 @@ minus compile seconds; wall seconds also count interpreter start and imports; CP
 the process's user + system time (on a shared machine, the measure least moved by the others).
 A lesson that fails is reported and left out of the totals; the next lessons still run.
 
-The table is printed and written to <runs root>/compile_budget.json, keyed by mode ("full" or
-"smoke"), so a smoke run does not overwrite a full one.  Without --cache the persistent cache is
+The table is printed and written to <runs root>/compile_budget.json, keyed by mode ("full",
+"smoke", "full+cache", "smoke+cache"), so one mode's run does not overwrite another's.  Without --cache the persistent cache is
 switched off (a fresh clone's cold run), whatever the environment says.
 """
 
@@ -59,10 +60,15 @@ def child(stats_path: str, lesson: str, lesson_args: list[str]) -> None:
     import jax
 
     spans: dict[str, list[tuple[float, float]]] = {name: [] for name in SPAN_EVENTS.values()}
+    per_program: dict[str, list[float]] = {}   # backend compilations: name -> [count, seconds]
 
-    def on_span(event, start, end, **_):
+    def on_span(event, start, end, fun_name="?", **_):
         if event in SPAN_EVENTS:
             spans[SPAN_EVENTS[event]].append((start, end))
+        if SPAN_EVENTS.get(event) == "backend":
+            entry = per_program.setdefault(str(fun_name), [0, 0.0])
+            entry[0] += 1
+            entry[1] += end - start
 
     jax.monitoring.register_event_time_span_listener(on_span)
     start = time.time()
@@ -76,7 +82,8 @@ def child(stats_path: str, lesson: str, lesson_args: list[str]) -> None:
         Path(stats_path).write_text(json.dumps({
             "compilations": len(spans["backend"]), "compile_s": compile_s,
             "run_s": seconds - compile_s, "lesson_s": seconds,
-            **{f"{name}_s": sum(e - s for s, e in v) for name, v in spans.items()}}))
+            **{f"{name}_s": sum(e - s for s, e in v) for name, v in spans.items()},
+            "programs": dict(sorted(per_program.items(), key=lambda kv: -kv[1][1]))}))
 
 
 def run_lesson(path: Path, smoke: bool, cache: str | None) -> dict | None:
@@ -114,12 +121,14 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="run the lessons with --smoke")
     ap.add_argument("--lessons", nargs="*", default=None, help="lesson numbers, e.g. 02 03")
     ap.add_argument("--cache", default=None, help="persistent compilation cache directory")
+    ap.add_argument("--top", type=int, default=0,
+                    help="also list each lesson's N programs with the most backend-compile seconds")
     args = ap.parse_args()
 
     lessons = sorted((REPO / "lessons").glob("[0-9][0-9]_*.py"))
     if args.lessons:
         lessons = [p for p in lessons if p.name[:2] in args.lessons]
-    mode = "smoke" if args.smoke else "full"
+    mode = ("smoke" if args.smoke else "full") + ("+cache" if args.cache else "")
     print(f"{'lesson':<22}{'compilations':>13}{'compile s':>11}{'run s':>9}{'wall s':>9}"
           f"{'cpu s':>9}")
     table = {}
@@ -128,8 +137,11 @@ def main() -> None:
         if row is not None:
             table[path.stem] = row
             print_row(path.stem, row)
+            for name, (count, secs) in list(row["programs"].items())[:args.top]:
+                print(f"    {name[:40]:<40} {count:>4} x  backend {secs:6.1f} s")
     if table:
-        table["total"] = {k: sum(r[k] for r in table.values()) for k in next(iter(table.values()))}
+        numbers = [k for k, v in next(iter(table.values())).items() if not isinstance(v, dict)]
+        table["total"] = {k: sum(r[k] for r in table.values()) for k in numbers}
         print_row("total", table["total"])
 
     sys.path.insert(0, str(REPO))
