@@ -17,10 +17,14 @@ from pathlib import Path
 
 import pytest
 
-NO_BOOK_EXTRA = "the book extra is not installed: pip install -e '.[book]'"
-for _module in ("nbclient", "nbconvert", "ipykernel", "latex2mathml"):
-    pytest.importorskip(_module, reason=NO_BOOK_EXTRA)
-jupytext = pytest.importorskip("jupytext", reason=NO_BOOK_EXTRA)
+# The build runs in a subprocess; here the tools are only looked up, not imported: an imported
+# ipykernel would make paths.lesson_args believe this process is a kernel (for the other tests
+# of this worker process).
+if any(importlib.util.find_spec(m) is None
+       for m in ("nbclient", "nbconvert", "ipykernel", "latex2mathml", "jupytext")):
+    pytest.skip("the book extra is not installed: pip install -e '.[book]'",
+                allow_module_level=True)
+import jupytext
 
 REPO = Path(__file__).resolve().parents[1]
 LESSONS = sorted((REPO / "lessons").glob("[0-9][0-9]_*.py"))
