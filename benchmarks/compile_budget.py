@@ -22,8 +22,9 @@ the process's user + system time (on a shared machine, the measure least moved b
 A lesson that fails is reported and left out of the totals; the next lessons still run.
 
 The table is printed and written to <runs root>/compile_budget.json, keyed by mode ("full",
-"smoke", "full+cache", "smoke+cache"), so one mode's run does not overwrite another's.  Without --cache the persistent cache is
-switched off (a fresh clone's cold run), whatever the environment says.
+"smoke", "full+cache", "smoke+cache"), so one mode's run does not overwrite another's.  Without
+--cache the persistent cache is switched off (a fresh clone's cold run), whatever the
+environment says.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def run_lesson(path: Path, smoke: bool, cache: str | None) -> dict | None:
         env.pop("JAX_COMPILATION_CACHE_DIR", None)
         env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        cmd = [sys.executable, __file__, "--child", f.name, str(path)] + (["--smoke"] if smoke else [])
+        cmd = [sys.executable, __file__, "--child", f.name, str(path), *(["--smoke"] * smoke)]
         start, cpu0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True)
         wall, cpu1 = time.time() - start, resource.getrusage(resource.RUSAGE_CHILDREN)

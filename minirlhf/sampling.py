@@ -6,8 +6,9 @@ come from the attention mask (pos = number of real tokens before), so a short
 prompt padded on the left sees exactly the positions it would see alone.
 
 Key/value cache: for every layer we keep k, v for all P + N columns, head-major
-(L arrays [B, H, P+N, Dh]: see `prefill_cache`); step i computes q, k, v for the one new token, writes k, v
-into column P + i, and attends over the cache (pads and future columns masked).
+(L arrays [B, H, P+N, Dh]: see `prefill_cache`); step i computes q, k, v for the
+one new token, writes k, v into column P + i in place, and attends over the cache
+(pads and future columns masked).
 Without the cache each new token would recompute the whole prefix:
 O(T^2) work per sequence instead of O(T) (see benchmarks/bench_model.py).
 
@@ -117,9 +118,9 @@ def decode_step(params, token, pos, col, cache, key_mask, cfg: GPTConfig):
     for l in range(cfg.n_layer):
         p = jax.tree_util.tree_map(lambda a, l=l: a[l], params["blocks"])
         q, k, v = qkv_proj(layer_norm(x, p["ln1"])[:, None], p, cfg)           # [B, 1, H, Dh]
-        at = (0, 0, col, 0)
-        k_cache[l] = jax.lax.dynamic_update_slice(k_cache[l], k.swapaxes(1, 2).astype(k_cache[l].dtype), at)
-        v_cache[l] = jax.lax.dynamic_update_slice(v_cache[l], v.swapaxes(1, 2).astype(v_cache[l].dtype), at)
+        write = lambda c, new: jax.lax.dynamic_update_slice(                   # column col
+            c, new.swapaxes(1, 2).astype(c.dtype), (0, 0, col, 0))             # [B, H, 1, Dh]
+        k_cache[l], v_cache[l] = write(k_cache[l], k), write(v_cache[l], v)
         a = attend_cached(q[:, 0], k_cache[l], v_cache[l], key_mask, cfg)      # [B, H, Dh]
         x = x + out_proj(a[:, None], p)[:, 0]                                  # [B, D]
         x = x + mlp(layer_norm(x, p["ln2"])[:, None], p)[:, 0]

@@ -33,5 +33,6 @@ def test_chunking_never_changes_the_real_rows(tok):
                      max_new_tokens=MAX_NEW_TOKENS, temperature=0.0)
     assert len(s.texts) == 3 * n > CHUNK_ROWS
     for name in ("tokens", "attention_mask", "response_mask"):
-        np.testing.assert_array_equal(getattr(s.generation, name), getattr(alone, name), err_msg=name)
+        np.testing.assert_array_equal(getattr(s.generation, name), getattr(alone, name),
+                                      err_msg=name)
     np.testing.assert_allclose(s.generation.logprobs, alone.logprobs, atol=1e-5)
