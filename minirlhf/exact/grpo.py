@@ -266,7 +266,11 @@ def _group_stats(logp_ref, reward, group_size: int, key, n_draws: int) -> dict:
     group_size answers drawn from pi_ref (the same groups for every kind).
     Returns {kind: {stat: [P]}}."""
     def one_prompt(logp, r, k):
-        groups = jax.random.categorical(k, logp, shape=(n_draws, group_size))  # [D, G]
+        # inverse-CDF sampling, y = first index with F(y) > u: O(log N) per answer (the
+        # Gumbel trick of jax.random.categorical would draw N numbers per answer)
+        u = jax.random.uniform(k, (n_draws, group_size), dtype=logp.dtype)
+        cdf = jnp.cumsum(jnp.exp(logp))  # [N]
+        groups = jnp.minimum(jnp.searchsorted(cdf, u, side="right"), logp.shape[0] - 1)  # [D, G]
         g = exact_reward_gradient(logp, r)  # [N]
         return {kind: estimator_stats(*group_gradient_moments(logp, r, groups, kind), g)
                 for kind in grpo.ADVANTAGE_KINDS}
