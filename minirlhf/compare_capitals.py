@@ -54,9 +54,10 @@ class CapitalsCompareConfig:
     """n of best-of-n (samples from pi_ref = SFT, pick the highest reward-model score)."""
     ppo: ppo_train.PPOConfig = ppo_train.PPOConfig(n_iterations=20, ptx_coef=0.0)   # plain PPO vs plain DPO
     """PPO run (reduced from lesson 05's default to fit lesson 08's time budget)."""
-    grpo: grpo_train.GRPOConfig = dataclasses.field(default_factory=grpo_train.GRPOConfig)
-    """GRPO / RLOO runs (grpo_train's default); each row of GRPO_ROWS sets its estimator,
-    reward and KL placement on top."""
+    grpo: grpo_train.GRPOConfig = dataclasses.field(
+        default_factory=lambda: grpo_train.GRPOConfig(n_iterations=20))
+    """GRPO / RLOO runs (grpo_train's default with 20 iterations, like the PPO run here and
+    lesson 07's runs); each row of GRPO_ROWS sets its estimator, reward and KL placement."""
     dpo: dpo_train.DPOConfig = dpo_train.DPOConfig()
     """DPO run (lesson 06's default); IPO uses the same with loss_type="ipo"."""
 
