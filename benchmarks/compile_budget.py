@@ -5,6 +5,7 @@
     python benchmarks/compile_budget.py --lessons 02 03  # a subset (still in file order)
     python benchmarks/compile_budget.py --cache DIR      # with a persistent compilation cache
     python benchmarks/compile_budget.py --top 10         # and each lesson's costliest programs
+    python benchmarks/compile_budget.py --logs DIR       # keep what each lesson printed
 
 Each lesson runs in its own process, as `make lessons` runs it; this script is that process's
 entry point too (`--child`): it registers a `jax.monitoring` time-span listener and then runs
@@ -87,7 +88,7 @@ def child(stats_path: str, lesson: str, lesson_args: list[str]) -> None:
             "programs": dict(sorted(per_program.items(), key=lambda kv: -kv[1][1]))}))
 
 
-def run_lesson(path: Path, smoke: bool, cache: str | None) -> dict | None:
+def run_lesson(path: Path, smoke: bool, cache: str | None, logs: Path | None = None) -> dict | None:
     """One lesson in a fresh interpreter: its stats plus the process's wall and CPU seconds
     (CPU seconds tell how much work it was when other processes share the cores); None if the
     lesson failed (its error is printed)."""
@@ -103,6 +104,9 @@ def run_lesson(path: Path, smoke: bool, cache: str | None) -> dict | None:
         start, cpu0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True)
         wall, cpu1 = time.time() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+        if logs is not None:   # what the lesson printed, as `make lessons` would show it
+            logs.mkdir(parents=True, exist_ok=True)
+            (logs / f"{path.stem}.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             print(f"{path.name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
             return None
@@ -122,6 +126,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="run the lessons with --smoke")
     ap.add_argument("--lessons", nargs="*", default=None, help="lesson numbers, e.g. 02 03")
     ap.add_argument("--cache", default=None, help="persistent compilation cache directory")
+    ap.add_argument("--logs", type=Path, default=None,
+                    help="write each lesson's printed output to DIR/<lesson>.log")
     ap.add_argument("--top", type=int, default=0,
                     help="also list each lesson's N programs with the most backend-compile seconds")
     args = ap.parse_args()
@@ -134,7 +140,7 @@ def main() -> None:
           f"{'cpu s':>9}")
     table = {}
     for path in lessons:
-        row = run_lesson(path, args.smoke, args.cache)
+        row = run_lesson(path, args.smoke, args.cache, args.logs)
         if row is not None:
             table[path.stem] = row
             print_row(path.stem, row)
