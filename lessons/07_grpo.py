@@ -376,7 +376,9 @@ for (kind, G), s in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0])):
 #              the jit.
 #
 # GRPO runs as published (std division, k3 in the loss, "sequence" normalisation), RLOO with its
-# leave-one-out baseline and the KL as k1 in the reward.  Expert iteration
+# leave-one-out baseline and the KL as k1 in the reward.  The estimator, the reward and the KL
+# placement enter the jitted iteration as data (`grpo_train.Recipe`), so the four runs share
+# one compiled program: only the first run's first iteration pays for compilation.  Expert iteration
 # (`grpo_train.expert_iteration`; STaR, Zelikman et al. 2022, without rationales) needs no
 # gradient of any reward: sample G answers, keep the ones the verifier accepts, fine-tune on
 # them with the SFT loss, repeat.
@@ -402,9 +404,8 @@ policies, histories = {"SFT (pi_ref)": ref_params}, {}
 for name, fields in RECIPES.items():
     t0 = time.time()
     cfg = dataclasses.replace(base, **fields)
-    policies[name], histories[name] = grpo_train.train_grpo(
-        ref_params, ref_params, rm_params if cfg.reward == "model" else None, model_cfg, tok, cfg,
-        quiet=True)
+    policies[name], histories[name] = grpo_train.train_grpo(   # r_phi given to every recipe:
+        ref_params, ref_params, rm_params, model_cfg, tok, cfg, quiet=True)   # one program
     its = histories[name]["time/iteration"]
     print(f"{name:<16} {cfg.n_iterations} iterations of {cfg.prompts_per_iteration} prompts x "
           f"G = {cfg.group_size} in {time.time() - t0:.1f} s (first iteration, with compilation, "

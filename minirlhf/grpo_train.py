@@ -18,6 +18,18 @@ CALL, `grpo_iteration`:
   5. baseline  advantages from the G rewards of each prompt (grpo.group_advantages);
   6. update    n_epochs full-batch steps of grpo.grpo_loss under lax.scan (one is on-policy).
 
+The recipe (estimator, reward, kl_in) is DATA, not program: `Recipe` carries it into the jit as
+traced scalars, so GRPO, Dr. GRPO and RLOO, on either reward, with the KL in either place, run
+one compiled program per shape.  Inside, all three advantages are computed (a [P, G] array
+each, cheap) and one is picked by index; the reward model's score and the verifier's reward are
+both computed and one is picked; and both KL placements are always applied, each with its own
+coefficient, the one not chosen being 0:
+
+    r~ = r - beta_in_reward sum_t k1_t        L = L_clip + beta_in_loss D_k3
+
+so that with (beta_in_loss, beta_in_reward) = (beta, 0) or (0, beta) the numbers are those of
+kl_in = "loss" or "reward" (x - 0 * y = x and x + 0 * y = x exactly, for finite y).
+
 The verifiable reward (RLVR; Lambert et al. 2024, Tulu 3; DeepSeek-AI 2025, R1): 1 if the
 answer names the prompt's capital and no other capital (worlds.capitals.is_correct, the gold
 accuracy), 0 otherwise.  It is computed inside the jit from the token ids: each token's decoded
@@ -60,6 +72,7 @@ from minirlhf.training import TRAINABLE, Progress, freeze_updates, gpt_labels, s
 from minirlhf.worlds.capitals import CAPITAL, parse_country, split_prompts
 
 REWARDS = ("model", "gold")
+KL_CANONICAL = "loss"   # grpo.grpo_loss's kl_in inside the jit; Recipe.beta_in_* place the KL
 CAPITALS = tuple(CAPITAL.values())   # the verifier's capital k is CAPITALS[k]
 
 
@@ -236,6 +249,22 @@ def verifiable_reward(verifier: Verifier, tokens, response_mask, answer):
 
 # ----------------------------------------------------------------------------- one iteration
 
+class Recipe(NamedTuple):
+    """The traced switches of `grpo_iteration` (`recipe_of` builds them from a GRPOConfig)."""
+    advantage_kind: jax.Array  # [] int32 index into grpo.ADVANTAGE_KINDS (cfg.estimator)
+    use_gold: jax.Array        # [] float32 1: the verifiable reward, 0: the reward model
+    beta_in_loss: jax.Array    # [] float32 k3's coefficient in the loss (beta if kl_in = "loss")
+    beta_in_reward: jax.Array  # [] float32 summed k1's in the reward (beta if kl_in = "reward")
+
+
+def recipe_of(cfg: GRPOConfig) -> Recipe:
+    """cfg's estimator, reward, kl_in and beta as the traced `Recipe` of `grpo_iteration`."""
+    return Recipe(jnp.int32(grpo.ADVANTAGE_KINDS.index(cfg.estimator)),
+                  jnp.float32(cfg.reward == "gold"),
+                  jnp.float32(cfg.beta if cfg.kl_in == "loss" else 0.0),
+                  jnp.float32(cfg.beta if cfg.kl_in == "reward" else 0.0))
+
+
 class GRPOState(NamedTuple):
     params: dict             # the policy's GPT params
     opt_state: tuple         # Adam state
@@ -270,9 +299,11 @@ def init_grpo_state(policy_params: dict, cfg: GRPOConfig) -> GRPOState:
 
 
 def compiled_part(cfg: GRPOConfig) -> GRPOConfig:
-    """cfg with the fields only the Python loop reads (n_iterations, seed, beta: beta is an
-    argument of the jit) fixed, so runs differing only in them share one compiled program."""
-    return dataclasses.replace(cfg, n_iterations=1, seed=0, beta=0.0)
+    """cfg with the fields the compiled program does not read fixed: those only the Python loop
+    reads (n_iterations, seed) and those `Recipe` carries as data (estimator, reward, kl_in,
+    beta), so runs differing only in them share one compiled program."""
+    return dataclasses.replace(cfg, n_iterations=1, seed=0, beta=0.0, estimator="grpo",
+                               reward="model", kl_in=KL_CANONICAL)
 
 
 def policy_logps(params, tokens, attention_mask, cfg: GRPOConfig, model_cfg: GPTConfig):
@@ -286,20 +317,22 @@ def policy_logps(params, tokens, attention_mask, cfg: GRPOConfig, model_cfg: GPT
     return jnp.pad(logps[:, 1:], ((0, 0), (P, 0)))                                   # [B, T]
 
 
-def iteration_loss(params, batch: dict, beta, cfg: GRPOConfig, model_cfg: GPTConfig):
+def iteration_loss(params, batch: dict, beta_in_loss, cfg: GRPOConfig, model_cfg: GPTConfig):
     """grpo.grpo_loss on the policy's log-probs of the rollout `batch` {tokens, attention_mask,
-    response_mask, old_logps, ref_logps, advantages} -> (loss, metrics)."""
+    response_mask, old_logps, ref_logps, advantages} -> (loss, metrics), with k3 in the loss at
+    coefficient beta_in_loss [] (0 when the KL is in the rewards: then L = L_clip)."""
     params = stop_frozen(params, gpt_labels(params, cfg.trainable))
     logps = policy_logps(params, batch["tokens"], batch["attention_mask"], cfg, model_cfg)
     return grpo.grpo_loss(logps, batch["old_logps"], batch["ref_logps"], batch["advantages"],
-                          batch["response_mask"], beta=beta, kl_in=cfg.kl_in,
+                          batch["response_mask"], beta=beta_in_loss, kl_in=KL_CANONICAL,
                           clip_eps_low=cfg.clip_eps_low, clip_eps_high=cfg.clip_eps_high,
                           norm=cfg.norm, max_tokens=cfg.max_new_tokens)
 
 
-def make_rollout(params, ref_params, rm_params, table: PromptTable, verifier: Verifier, beta, key,
-                 *, cfg: GRPOConfig, model_cfg: GPTConfig):
-    """Steps 1-5: the batch for the update, the prompt rows and the rollout statistics."""
+def make_rollout(params, ref_params, rm_params, table: PromptTable, verifier: Verifier,
+                 recipe: Recipe, key, *, cfg: GRPOConfig, model_cfg: GPTConfig):
+    """Steps 1-5: the batch for the update, the prompt rows and the rollout statistics.  The
+    reward and the advantage kind are chosen by `recipe` (rm_params None: the verifier's)."""
     k_prompt, k_gen = jax.random.split(key)
     P, G = cfg.prompts_per_iteration, cfg.group_size
     idx = jnp.repeat(draw_prompts(k_prompt, table.tokens.shape[0], P), G)            # [P*G]
@@ -310,16 +343,17 @@ def make_rollout(params, ref_params, rm_params, table: PromptTable, verifier: Ve
     old_logps = gen.logprobs                                                          # [B, T]
     ref_logps = jax.lax.stop_gradient(policy_logps(ref_params, tokens, attn, cfg, model_cfg))
     correct = verifiable_reward(verifier, tokens, gen.response_mask, table.answer[idx])  # [B]
-    if cfg.reward == "gold":
+    if rm_params is None:                                   # a gold-only caller
         scores = correct
     else:
-        scores = jax.lax.stop_gradient(reward_forward(rm_params, tokens, attn, model_cfg))
-    if cfg.kl_in == "reward":
-        rewards = grpo.kl_penalised_rewards(scores, old_logps, ref_logps, mask, beta)  # [B]
-    else:
-        rewards = scores
+        rm_scores = jax.lax.stop_gradient(reward_forward(rm_params, tokens, attn, model_cfg))
+        scores = jnp.where(recipe.use_gold > 0.5, correct, rm_scores)                 # [B]
+    rewards = grpo.kl_penalised_rewards(scores, old_logps, ref_logps, mask,
+                                        recipe.beta_in_reward)                         # [B]
     grouped = rewards.reshape(P, G)                                                   # [P, G]
-    advantages = grpo.group_advantages(grouped, cfg.estimator).reshape(P * G)         # [B]
+    advantages = jnp.stack([grpo.group_advantages(grouped, kind)
+                            for kind in grpo.ADVANTAGE_KINDS])[recipe.advantage_kind]  # [P, G]
+    advantages = advantages.reshape(P * G)                                            # [B]
     batch = {"tokens": tokens, "attention_mask": attn, "response_mask": mask,
              "old_logps": old_logps, "ref_logps": ref_logps, "advantages": advantages}
     stats = {
@@ -337,22 +371,26 @@ def make_rollout(params, ref_params, rm_params, table: PromptTable, verifier: Ve
 
 @partial(jax.jit, static_argnames=("cfg", "model_cfg"))
 def grpo_iteration(state: GRPOState, ref_params, rm_params, table: PromptTable,
-                   verifier: Verifier, beta, key, *, cfg: GRPOConfig, model_cfg: GPTConfig):
+                   verifier: Verifier, recipe: Recipe, key, *, cfg: GRPOConfig,
+                   model_cfg: GPTConfig):
     """One whole iteration (steps 1-6 of the module docstring) under one jit.
 
     table: the training prompts, drawn from inside the jit; verifier: `make_verifier`'s tables
     (always used: the gold accuracy of the rollout is a diagnostic of every run); rm_params:
-    the reward model (None with cfg.reward = "gold"); beta: [] KL coefficient; key: this
-    iteration's key.  Returns (state, IterationOut).  metrics: reward (mean score of the
+    the reward model (may be None when recipe.use_gold = 1: a program of its own); recipe:
+    `recipe_of(cfg)`, the estimator, reward and KL placement as traced scalars; cfg: pass
+    `compiled_part(cfg)`; key: this iteration's key.  Returns (state, IterationOut).  metrics: reward (mean score of the
     answers, before any KL), reward_std (mean within-group std), frac_reward_zero_std (groups
     whose rewards are all equal: zero advantage, no gradient), gold/accuracy, kl (mean summed
     k1 of the answers), entropy, completion_length, eos_rate, and the update's loss,
     policy/loss, policy/clipfrac, policy/approx_kl, kl_k3, grad_norm (means over the epochs).
     """
     batch, idx, rewards, stats = make_rollout(state.params, ref_params, rm_params, table,
-                                              verifier, beta, key, cfg=cfg, model_cfg=model_cfg)
+                                              verifier, recipe, key, cfg=cfg,
+                                              model_cfg=model_cfg)
     opt = grpo_optimizer(cfg.lr, cfg.max_grad_norm, cfg.trainable)
-    loss_fn = partial(iteration_loss, batch=batch, beta=beta, cfg=cfg, model_cfg=model_cfg)
+    loss_fn = partial(iteration_loss, batch=batch, beta_in_loss=recipe.beta_in_loss, cfg=cfg,
+                      model_cfg=model_cfg)
 
     def epoch(state: GRPOState, _):
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -378,18 +416,19 @@ def train_grpo(policy_params: dict, ref_params: dict, rm_params: dict | None,
     """cfg.n_iterations jitted iterations on the capitals prompts (default: the train split)
     -> (policy params, history) with history[name] = [n_iterations] numpy array of every metric
     of `grpo_iteration` (reward, gold/accuracy, kl, policy/clipfrac, ...), plus "clipfrac"
-    (= policy/clipfrac) and "time/iteration" (seconds, wall clock)."""
+    (= policy/clipfrac) and "time/iteration" (seconds, wall clock).  Every recipe of the same
+    shapes shares one compiled program when rm_params is given (also with cfg.reward = "gold")."""
     if cfg.reward == "model" and rm_params is None:
         raise ValueError("train_grpo: cfg.reward='model' needs the reward model's params")
     table = prompt_table(tok, list(prompts or split_prompts("train")), cfg.prompt_len)
     verifier = make_verifier(tok, model_cfg.vocab_size)
     state = init_grpo_state(policy_params, cfg)
-    beta = jnp.float32(cfg.beta)
+    recipe = recipe_of(cfg)
     history, progress = {}, Progress(f"grpo:{cfg.estimator}", cfg.n_iterations, quiet=quiet)
     keys = jax.random.split(jax.random.PRNGKey(cfg.seed), cfg.n_iterations)
     for i, key in enumerate(keys, 1):
         t0 = time.perf_counter()
-        state, out = grpo_iteration(state, ref_params, rm_params, table, verifier, beta, key,
+        state, out = grpo_iteration(state, ref_params, rm_params, table, verifier, recipe, key,
                                     cfg=compiled_part(cfg), model_cfg=model_cfg)
         metrics = {k: float(v) for k, v in jax.device_get(out.metrics).items()}
         metrics["clipfrac"] = metrics["policy/clipfrac"]

@@ -68,9 +68,9 @@ def models():
 
 
 def iterate(state, ref, rm, key, cfg=CFG, beta=None):
-    beta = jnp.float32(cfg.beta if beta is None else beta)
-    return gt.grpo_iteration(state, ref, rm, prompt_table(), tiny_verifier(), beta, key,
-                             cfg=gt.compiled_part(cfg), model_cfg=MODEL)
+    cfg = cfg if beta is None else dataclasses.replace(cfg, beta=beta)
+    return gt.grpo_iteration(state, ref, rm, prompt_table(), tiny_verifier(), gt.recipe_of(cfg),
+                             key, cfg=gt.compiled_part(cfg), model_cfg=MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -97,15 +97,26 @@ def logps_np(params, tokens, attn):
 def written_out_loss(logp, old, ref, rewards, mask, G, cfg, beta):
     """GRPO's loss (Shao et al. 2024 eqs. 3-4) with loops: group-whitened advantages (population
     std), per-token -min(rho A, clip(rho) A) + beta k3, averaged over each answer's tokens, then
-    over the answers."""
+    over the answers.  cfg.estimator "drgrpo": A = r - mean (Liu et al. 2025); "rloo": A = r -
+    mean of the other G - 1 (Ahmadian et al. 2024).  cfg.kl_in "reward": no k3 in the loss; the
+    rewards are first penalised, r - beta sum_t (log pi_old - log pi_ref)."""
     B = len(rewards)
+    if cfg.kl_in == "reward":
+        rewards = [rewards[b] - beta * sum(old[b, t] - ref[b, t] for t in range(mask.shape[1])
+                                           if mask[b, t] > 0) for b in range(B)]
     adv = np.zeros(B)
     for g in range(B // G):
         r = rewards[g * G:(g + 1) * G]
         mean = sum(r) / G
         std = (sum((x - mean) ** 2 for x in r) / G) ** 0.5
         for i in range(G):
-            adv[g * G + i] = (r[i] - mean) / (std + 1e-4)
+            if cfg.estimator == "grpo":
+                adv[g * G + i] = (r[i] - mean) / (std + 1e-4)
+            elif cfg.estimator == "drgrpo":
+                adv[g * G + i] = r[i] - mean
+            else:
+                adv[g * G + i] = r[i] - (sum(r) - r[i]) / (G - 1)
+    k3_beta = beta if cfg.kl_in == "loss" else 0.0
     total = 0.0
     for b in range(B):
         terms = []
@@ -116,7 +127,7 @@ def written_out_loss(logp, old, ref, rewards, mask, G, cfg, beta):
             clipped = min(max(rho, 1 - cfg.clip_eps_low), 1 + cfg.clip_eps_high)
             pg = -min(rho * adv[b], clipped * adv[b])
             q = np.exp(ref[b, t] - logp[b, t])
-            terms.append(pg + beta * (q - np.log(q) - 1))
+            terms.append(pg + k3_beta * (q - np.log(q) - 1))
         total += sum(terms) / max(len(terms), 1)
     return total / B, adv
 
@@ -223,8 +234,8 @@ def test_reference_is_unchanged_and_gets_no_gradient(models, one_iteration):
 
     def loss_through_rollout(ref_params):
         batch, _, _, _ = gt.make_rollout(state.params, ref_params, rm, prompt_table(),
-                                         tiny_verifier(), 0.1, jax.random.PRNGKey(2), cfg=CFG,
-                                         model_cfg=MODEL)
+                                         tiny_verifier(), gt.recipe_of(CFG),
+                                         jax.random.PRNGKey(2), cfg=CFG, model_cfg=MODEL)
         return gt.iteration_loss(state.params, batch, 0.1, CFG, MODEL)[0]
 
     grads = jax.jit(jax.grad(loss_through_rollout))(ref)
@@ -306,15 +317,66 @@ def test_gold_reward_is_the_verifier_on_the_decoded_text(models):
     policy = jax.tree_util.tree_map(jnp.array, ref)
     policy["ln_f"]["b"] = policy["ln_f"]["b"] + logit_boost(policy["wte"], [3, 2, 4, 9], 2.0)
     _, out = iterate(gt.init_grpo_state(policy, cfg), ref, None, jax.random.PRNGKey(9), cfg=cfg)
+    want = gold_rewards(out)
+    np.testing.assert_array_equal(np.asarray(out.rewards), np.array(want, np.float32))
+    assert 0 < np.mean(want) < 1, want                               # both outcomes occur
+
+
+def gold_rewards(out, answers=("Paris", "Berlin", "Paris")):
+    """worlds.capitals' rule on the decoded text of each answer of the rollout `out`."""
     tokens, mask = np.asarray(out.tokens), np.asarray(out.response_mask)
-    answers = ["Paris", "Berlin", "Paris"]
     want = []
     for b in range(len(tokens)):
         capital = answers[int(out.prompt_idx[b])]
         country = next(c for c, cap in CAPITAL.items() if cap == capital)
         want.append(gold_correct([country], [tiny_text(tokens[b][mask[b] > 0])])[0])
-    np.testing.assert_array_equal(np.asarray(out.rewards), np.array(want, np.float32))
-    assert 0 < np.mean(want) < 1, want                               # both outcomes occur
+    return np.array(want, np.float64)
+
+
+def rm_scores(rm, tokens, attn):
+    """r_phi written out: the head on the backbone's float64 hidden state at the last real token."""
+    hidden = np.asarray(forward(rm["backbone"], jnp.asarray(tokens), jnp.asarray(attn),
+                                MODEL).hidden, np.float64)
+    last = [max(np.flatnonzero(attn[b])) for b in range(len(tokens))]
+    w, b0 = np.asarray(rm["head"]["w"], np.float64), float(rm["head"]["b"])
+    return np.array([hidden[b, last[b]] @ w + b0 for b in range(len(tokens))])
+
+
+RECIPES = [{"estimator": e, "reward": r, "kl_in": k} for e in ("grpo", "drgrpo", "rloo")
+           for r in gt.REWARDS for k in ("loss", "reward")]
+
+
+def test_every_recipe_shares_one_compiled_program_and_matches_the_written_out_loss(models):
+    """All 12 (estimator, reward, kl_in) recipes with the reward model given: the jitted
+    iteration compiles once (its cache does not grow after the first), and each recipe's
+    rewards, advantages and loss == the float64 loop of its equations, from the same rollout
+    (same policy and key) at a policy != pi_ref, so both KL placements are non-zero."""
+    ref, rm = models
+    policy = jax.tree_util.tree_map(jnp.array, ref)
+    policy["ln_f"]["b"] = policy["ln_f"]["b"] + logit_boost(policy["wte"], [3, 2, 4, 9], 2.0)
+    cfgs = [dataclasses.replace(CFG, beta=0.5, **fields) for fields in RECIPES]
+    state = gt.init_grpo_state(policy, CFG)
+    key = jax.random.PRNGKey(9)
+    outs = [iterate(state, ref, rm, key, cfg=cfgs[0])[1]]
+    compiled = gt.grpo_iteration._cache_size()
+    outs += [iterate(state, ref, rm, key, cfg=cfg)[1] for cfg in cfgs[1:]]
+    assert gt.grpo_iteration._cache_size() == compiled
+    tokens, mask = np.asarray(outs[0].tokens), np.asarray(outs[0].response_mask)
+    attn = ((tokens > 0) | (mask > 0)).astype(np.int32)
+    logp, ref_logp = logps_np(policy, tokens, attn), logps_np(ref, tokens, attn)
+    kl = ((logp - ref_logp) * mask).sum(1)
+    assert np.abs(kl).max() > 0.1
+    score = {"model": rm_scores(rm, tokens, attn), "gold": gold_rewards(outs[0])}
+    assert 0 < np.mean(score["gold"]) < 1
+    for cfg, out in zip(cfgs, outs):
+        np.testing.assert_array_equal(out.tokens, tokens)             # one rollout for all
+        r = score[cfg.reward]
+        loss, adv = written_out_loss(logp, logp, ref_logp, r, mask, cfg.group_size, cfg, 0.5)
+        want_r = r - 0.5 * kl if cfg.kl_in == "reward" else r
+        np.testing.assert_allclose(out.rewards, want_r, rtol=1e-4, atol=1e-4, err_msg=str(cfg))
+        np.testing.assert_allclose(out.advantages, adv, rtol=1e-4, atol=1e-4, err_msg=str(cfg))
+        np.testing.assert_allclose(float(out.metrics["loss"]), loss, rtol=1e-4, atol=1e-5,
+                                   err_msg=str(cfg))
 
 
 # ----------------------------------------------------------------------------- the verifier
