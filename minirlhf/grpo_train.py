@@ -21,9 +21,9 @@ CALL, `grpo_iteration`:
 The recipe (estimator, reward, kl_in) is DATA, not program: `Recipe` carries it into the jit as
 traced scalars, so GRPO, Dr. GRPO and RLOO, on either reward, with the KL in either place, run
 one compiled program per shape.  Inside, all three advantages are computed (a [P, G] array
-each, cheap) and one is picked by index; the reward model's score and the verifier's reward are
-both computed and one is picked; and both KL placements are always applied, each with its own
-coefficient, the one not chosen being 0:
+each, cheap) and one is picked by index; the reward is a `lax.cond` between the verifier's
+(always computed: it is also the gold-accuracy diagnostic) and the reward model's forward pass;
+and both KL placements are always applied, each with its own coefficient, the unused one 0:
 
     r~ = r - beta_in_reward sum_t k1_t        L = L_clip + beta_in_loss D_k3
 
@@ -345,9 +345,10 @@ def make_rollout(params, ref_params, rm_params, table: PromptTable, verifier: Ve
     correct = verifiable_reward(verifier, tokens, gen.response_mask, table.answer[idx])  # [B]
     if rm_params is None:                                   # a gold-only caller
         scores = correct
-    else:
-        rm_scores = jax.lax.stop_gradient(reward_forward(rm_params, tokens, attn, model_cfg))
-        scores = jnp.where(recipe.use_gold > 0.5, correct, rm_scores)                 # [B]
+    else:   # a traced branch: the reward model's forward pass runs only when it is the reward
+        scores = jax.lax.stop_gradient(jax.lax.cond(                                 # [B]
+            recipe.use_gold > 0.5, lambda: correct,
+            lambda: reward_forward(rm_params, tokens, attn, model_cfg).astype(correct.dtype)))
     rewards = grpo.kl_penalised_rewards(scores, old_logps, ref_logps, mask,
                                         recipe.beta_in_reward)                         # [B]
     grouped = rewards.reshape(P, G)                                                   # [P, G]
