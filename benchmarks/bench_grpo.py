@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
+from benchmarks_common import timed
 
 from minirlhf import grpo_train as gt
 from minirlhf.model import GPTConfig, init_params, init_scalar_head
@@ -36,19 +35,6 @@ from minirlhf.reward import reward_forward
 from minirlhf.sampling import generate
 
 N_PROMPTS, GROUP, NEW_TOKENS, PROMPT_TOKENS = 16, 4, 48, 16
-
-
-def timed(fn, repeats: int):
-    """(seconds of the first call, median seconds of `repeats` further calls, last result)."""
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return first, float(np.median(times)), out
 
 
 def main():

@@ -23,12 +23,12 @@ not depend on the weights).
 from __future__ import annotations
 
 import argparse
-import time
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from benchmarks_common import timed
 
 from minirlhf import ppo, ppo_train
 from minirlhf.model import forward, init_params, init_scalar_head, token_logprobs
@@ -36,19 +36,6 @@ from minirlhf.pretrain import PretrainConfig, corpus_arrays, ensure_tokenizer, w
 from minirlhf.sampling import generate
 from minirlhf.tokenizer import encode_prompts
 from minirlhf.worlds.capitals import parse_country, split_prompts
-
-
-def timed(fn, repeats: int):
-    """(seconds of the first call, median seconds of `repeats` further calls, last result)."""
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return first, float(np.median(times)), out
 
 
 @partial(jax.jit, static_argnames=("cfg", "model_cfg"))
