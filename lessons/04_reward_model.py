@@ -228,11 +228,11 @@ print(f"\nkept for lesson 05: the '{best}' regime (lower Bradley-Terry loss on t
 # pair like the gold reward?).  The `valid` row is the honest in-distribution number: the same
 # prompts as training, pairs it never saw.
 #
-# * **Head only underfits.**  A linear probe of the frozen SFT model stays near 0.65 on valid
-#   pairs against a Bayes rate of 0.85: the SFT model's last hidden state does not carry "this
+# * **Head only underfits.**  A linear probe of the frozen SFT model stays near 0.67 on valid
+#   pairs against a Bayes rate of 0.86: the SFT model's last hidden state does not carry "this
 #   capital is right for this country" as a direction a linear head can read.
 # * **Full fine-tuning fits the distribution** (valid accuracy 0.83 against the Bayes rate of
-#   0.85, gold agreement above 0.9, and it ranks the right canonical answer above the
+#   0.86, gold agreement above 0.9, and it ranks the right canonical answer above the
 #   neighbour's for all 32 train countries) and is kept: it has the lower valid loss.  The
 #   K-wise comparisons help it get there: a group of 8 samples gives up to 28 comparisons instead
 #   of 4 independent pairs, and each group's comparisons move the model together (section 2).

@@ -266,8 +266,8 @@ print(f"held-out gold accuracy: SFT {results['SFT heldout']['gold/accuracy']:.3f
 # The printout below says whether this run shows the pattern (gold peaking early while r_phi
 # keeps rising), from its own numbers.  When hacking starts depends on the reward model.  Lesson
 # 04's (K-wise comparisons, 0.83 valid accuracy) holds up within 30 iterations: r_phi does not
-# climb away from the gold reward, and beta = 0 ends no higher in gold reward than beta = 0.5 (0.79
-# vs 0.84) at two and a half times the KL (1.19 vs 0.47 nats).  A better reward model moves the
+# climb away from the gold reward, and beta = 0 ends near beta = 0.5's gold reward (0.84 vs 0.80,
+# last 20% of iterations) at twice the KL (0.83 vs 0.41 nats).  A better reward model moves the
 # point where hacking starts further out (Gao et al. 2023 find the same with larger reward
 # models); the KL it costs to get there is what beta still buys.
 

@@ -280,19 +280,23 @@ plt.close(fig)
 #   rising; PPO's gold gain peaks and then falls a little (R_RL fit R^2 0.84), best-of-n's gold
 #   gain flattens but does not fall within n <= 256 (the R_bon fit's beta comes out ~0).
 # * **Capitals world** (3 seeds, 4 samples per prompt, lesson 04's K-wise reward model).  On
-#   the train prompts, where the preference data lives: best-of-8 0.99 ± 0.01 (KL bound 1.20), PPO 0.74 ± 0.05 (KL 0.33),
-#   IPO 0.69 ± 0.04 (KL 0.23), DPO 0.68 ± 0.05 (KL 0.59), SFT 0.59 ± 0.05.  On held-out
-#   prompts no method clearly beats SFT (0.47 ± 0.07; IPO 0.49 ± 0.02, PPO 0.44 ± 0.03, DPO
-#   0.40 ± 0.05), and best-of-8 falls to 0.13: the reward model, fitted to the train countries,
-#   is worse than chance on countries it never saw a comparison about (lesson 04), and best-of-n
-#   follows it most faithfully.  Alignment on these comparisons polishes what the reward signal
-#   can judge.
+#   the train prompts, where the preference data lives: best-of-8 0.98 ± 0.01 (KL bound 1.20),
+#   GRPO on the verifiable reward 0.73 ± 0.04 (KL 1.22), PPO 0.67 ± 0.01 (KL 0.45), RLOO
+#   0.64 ± 0.02, IPO 0.63 ± 0.04 (KL 0.20), DPO 0.63 ± 0.03 (KL 0.58), GRPO 0.62 ± 0.01, SFT
+#   0.51 ± 0.02.  On held-out prompts no method trained on the learned reward or the preferences
+#   separates from SFT (0.42 ± 0.05) beyond the spreads (IPO 0.48 ± 0.08, DPO 0.46 ± 0.09, PPO
+#   0.39 ± 0.08), best-of-8 falls to 0.04, and only GRPO on the verifiable reward gains, by
+#   about one spread (0.51 ± 0.08): the reward model, fitted to the train countries, is worse
+#   than chance on countries it never saw a comparison about (lesson 04), and best-of-n follows
+#   it most faithfully.
 # * **So which is better?** In these toys, neither by nature: PPO is the better optimiser of a
 #   given reward and the KL penalty on its own samples keeps it off unlabelled responses;
 #   DPO is only as good as its data is on-distribution for pi_ref, and fixing the data (SFT on
-#   chosen, on-policy pairs) closes most of the gap.  On the capitals world PPO leads DPO and
-#   IPO on the train prompts by about one seed spread (0.06), and IPO leads on held-out ones by
-#   less than SFT's own spread: read the spreads before the means.  Best-of-8 shows how good
+#   chosen, on-policy pairs) closes most of the gap.  On the capitals world PPO leads DPO, IPO,
+#   GRPO and RLOO on the train prompts by one to two seed spreads, and on held-out prompts the
+#   differences are within SFT's own spread: read the spreads before the means.  What moves
+#   held-out accuracy is the reward, not the optimiser: a verifiable reward carries, a learned
+#   one does not reach beyond its data.  Best-of-8 shows how good
 #   the reward model is where it has data and how wrong it is where it has none.
 
 # %%
