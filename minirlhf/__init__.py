@@ -22,7 +22,8 @@ The data flows through the package in the order of the lessons:
     reward           stage 04: the reward model
     ppo, ppo_train   stage 05: PPO math (ppo) and PPO on the transformer (ppo_train)
     dpo, dpo_train   stage 06: DPO / IPO / conservative DPO losses (dpo) and DPO on the transformer
-    grpo, grpo_train stage 07: GRPO / Dr. GRPO / RLOO losses (grpo) and their training loop
+    grpo, grpo_train stage 07: GRPO / Dr. GRPO / RLOO losses (grpo) and their training loop,
+                     with the verifiable reward computed in the jit (verifier)
     compare_capitals stage 08: SFT, best-of-n, PPO, GRPO, RLOO, DPO and IPO on the capitals world
     distributed      stage 10: the same steps over a device mesh
 """

@@ -30,13 +30,8 @@ and both KL placements are always applied, each with its own coefficient, the un
 so that with (beta_in_loss, beta_in_reward) = (beta, 0) or (0, beta) the numbers are those of
 kl_in = "loss" or "reward" (x - 0 * y = x and x + 0 * y = x exactly, for finite y).
 
-The verifiable reward (RLVR; Lambert et al. 2024, Tulu 3; DeepSeek-AI 2025, R1): 1 if the
-answer names the prompt's capital and no other capital (worlds.capitals.is_correct, the gold
-accuracy), 0 otherwise.  It is computed inside the jit from the token ids: each token's decoded
-characters come from a table (`Verifier`), the response's text is assembled by a scatter, and
-every capital is searched for as a whole word (the regex `\\b...\\b` of capitals_named).  It
-reads the same text `tokenizer.decode_responses` produces, so it agrees with gold_correct on
-every response, however the model happened to split a word into tokens (tested).
+The verifiable reward (RLVR): 1 if the answer names the prompt's capital and no other capital,
+else 0, computed inside the jit from the token ids (`minirlhf/verifier.py`).
 
 Expert iteration (`expert_iteration`): STaR (Zelikman et al. 2022) without rationales, also
 called rejection-sampling fine-tuning: sample G answers per train prompt, keep those the
@@ -67,13 +62,19 @@ from minirlhf.ppo_train import draw_prompts
 from minirlhf.pretrain import lm_loss
 from minirlhf.reward import reward_forward
 from minirlhf.sampling import generate
-from minirlhf.tokenizer import BOS_ID, EOS_ID, PAD_ID, encode_prompts
+from minirlhf.tokenizer import EOS_ID, encode_prompts
 from minirlhf.training import TRAINABLE, Progress, freeze_updates, gpt_labels, stop_frozen
+from minirlhf.verifier import (  # noqa: F401 (Verifier, capital_tables: part of this API)
+    CAPITALS,
+    Verifier,
+    capital_tables,
+    make_verifier,
+    verifiable_reward,
+)
 from minirlhf.worlds.capitals import CAPITAL, parse_country, split_prompts
 
 REWARDS = ("model", "gold")
 KL_CANONICAL = "loss"   # grpo.grpo_loss's kl_in inside the jit; Recipe.beta_in_* place the KL
-CAPITALS = tuple(CAPITAL.values())   # the verifier's capital k is CAPITALS[k]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,15 +146,7 @@ class GRPOConfig:
         return cls(n_iterations=3, prompts_per_iteration=4, group_size=2)
 
 
-# ----------------------------------------------------------------------------- verifiable reward
-
-class Verifier(NamedTuple):
-    """Tables for reading a response's text inside the jit (`make_verifier`)."""
-    token_chars: jax.Array       # [V, C] int32 character codes of each token's decoded text
-    token_lengths: jax.Array     # [V] int32 its length (0 for <pad>, <bos>, <eos>, unknown ids)
-    capital_chars: jax.Array     # [K, M] int32 the K capitals (CAPITALS), 0-padded
-    capital_lengths: jax.Array   # [K] int32
-
+# ----------------------------------------------------------------------------- prompts
 
 class PromptTable(NamedTuple):
     """The prompts an iteration draws from (`prompt_table`)."""
@@ -162,89 +155,12 @@ class PromptTable(NamedTuple):
     answer: jax.Array            # [N] int32 index into CAPITALS of each prompt's capital
 
 
-def make_verifier(tok: Tokenizer, vocab_size: int) -> Verifier:
-    """The character table of every token id < vocab_size: what `tok.decode` writes for it
-    (Metaspace "▁" -> " "; special tokens skipped), and the capitals' characters."""
-    texts = []
-    for i in range(vocab_size):
-        piece = tok.id_to_token(i)
-        special = i in (PAD_ID, BOS_ID, EOS_ID) or piece is None
-        texts.append("" if special else piece.replace("\u2581", " "))
-    width = max(len(t) for t in texts)
-    chars = np.zeros((vocab_size, width), np.int32)
-    for i, t in enumerate(texts):
-        chars[i, :len(t)] = [ord(c) for c in t]
-    return Verifier(jnp.asarray(chars), jnp.asarray([len(t) for t in texts], dtype=jnp.int32),
-                    *capital_tables())
-
-
-def capital_tables() -> tuple[jax.Array, jax.Array]:
-    """(capital_chars [K, M], capital_lengths [K]) of CAPITALS, the Verifier's last two fields."""
-    caps = np.zeros((len(CAPITALS), max(map(len, CAPITALS))), np.int32)
-    for k, c in enumerate(CAPITALS):
-        caps[k, :len(c)] = [ord(ch) for ch in c]
-    return jnp.asarray(caps), jnp.asarray([len(c) for c in CAPITALS], dtype=jnp.int32)
-
-
 def prompt_table(tok: Tokenizer, prompts: list[str], prompt_len: int) -> PromptTable:
     """Encoded prompts (left-padded to prompt_len) and the index of each one's capital."""
     enc = encode_prompts(tok, prompts, max_len=prompt_len)
     answer = [CAPITALS.index(CAPITAL[parse_country(p)]) for p in prompts]
     return PromptTable(jnp.asarray(enc.tokens), jnp.asarray(enc.attention_mask),
                        jnp.asarray(answer, dtype=jnp.int32))
-
-
-def response_chars(verifier: Verifier, tokens, response_mask):
-    """The decoded response text of every row as character codes, 0 after its end:
-    `decode_responses`' text (the response tokens before the first <eos>).
-    tokens, response_mask [B, T] -> [B, T * C] int32."""
-    B, T = tokens.shape
-    C = verifier.token_chars.shape[1]
-    in_resp = response_mask > 0
-    before_eos = jnp.cumsum(in_resp & (tokens == EOS_ID), axis=1) == 0              # [B, T]
-    ids = jnp.where(in_resp & before_eos, tokens, PAD_ID)                            # [B, T]
-    lengths = verifier.token_lengths[ids]                                            # [B, T]
-    start = jnp.cumsum(lengths, axis=1) - lengths                                    # [B, T]
-    j = jnp.arange(C)
-    pos = jnp.where(j < lengths[..., None], start[..., None] + j, T * C)            # [B, T, C]
-    rows = jnp.broadcast_to(jnp.arange(B)[:, None, None], pos.shape)
-    return jnp.zeros((B, T * C), jnp.int32).at[rows, pos].set(
-        verifier.token_chars[ids], mode="drop")                                      # [B, T*C]
-
-
-def _is_word_char(c):
-    """Python's \\w on ASCII: letters, digits, underscore."""
-    return (((c >= 48) & (c <= 57)) | ((c >= 65) & (c <= 90)) | ((c >= 97) & (c <= 122))
-            | (c == 95))
-
-
-def capitals_named_mask(verifier: Verifier, chars):
-    """named[b, k]: text b names CAPITALS[k] as a whole word (capitals_named's regex
-    \\b(cap)\\b): the characters match at some position i, and neither text[i-1] nor
-    text[i + len] is a word character.  chars [B, L] -> [B, K] bool."""
-    B, L = chars.shape
-    K, M = verifier.capital_chars.shape
-    padded = jnp.pad(chars, ((0, 0), (1, M + 1)))              # [B, L+M+2]: text at 1..L
-    window = lambda j: padded[:, 1 + j:1 + j + L]              # [B, L] text[i + j]
-    match = ~_is_word_char(padded[:, :L])[:, :, None]          # [B, L, 1] left boundary
-    right_ok = jnp.zeros((B, L, K), bool)
-    for j in range(M + 1):
-        if j < M:
-            need = j < verifier.capital_lengths                                  # [K]
-            hit = window(j)[:, :, None] == verifier.capital_chars[:, j]         # [B, L, K]
-            match = match & (hit | ~need)
-        right_ok = right_ok | ((verifier.capital_lengths == j)
-                               & ~_is_word_char(window(j))[:, :, None])         # [B, L, K]
-    return jnp.any(match & right_ok, axis=1)                                     # [B, K]
-
-
-def verifiable_reward(verifier: Verifier, tokens, response_mask, answer):
-    """1 if the response names capital `answer` and no other capital, else 0
-    (worlds.capitals.is_correct on the decoded text).  tokens, response_mask [B, T],
-    answer [B] -> [B] float32."""
-    named = capitals_named_mask(verifier, response_chars(verifier, tokens, response_mask))
-    right = jnp.take_along_axis(named, answer[:, None], axis=1)[:, 0]                # [B]
-    return (right & (jnp.sum(named, axis=1) == 1)).astype(jnp.float32)
 
 
 # ----------------------------------------------------------------------------- one iteration
