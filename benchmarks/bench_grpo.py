@@ -90,12 +90,11 @@ def main():
 
     pieces["update"] = timed(lambda: update(state, batch), args.repeats)
     run = partial(gt.grpo_iteration, cfg=gt.compiled_part(cfg), model_cfg=model_cfg)
-    pieces["iteration"] = timed(lambda: run(state, ref, rm, table, verifier, beta, k_it),
-                                args.repeats)
-    gold = partial(gt.grpo_iteration, cfg=gt.compiled_part(dataclasses.replace(cfg, reward="gold")),
-                   model_cfg=model_cfg)
-    pieces["iter/gold"] = timed(lambda: gold(state, ref, None, table, verifier, beta, k_it),
-                                args.repeats)
+    pieces["iteration"] = timed(lambda: run(state, ref, rm, table, verifier, gt.recipe_of(cfg),
+                                            k_it), args.repeats)
+    gold_cfg = dataclasses.replace(cfg, reward="gold")   # no rm_params: no reward-model pass
+    pieces["iter/gold"] = timed(lambda: run(state, ref, None, table, verifier,
+                                            gt.recipe_of(gold_cfg), k_it), args.repeats)
 
     it = pieces["iteration"][1]
     print(f"\n{'piece':<12}{'compile+1st (s)':>16}{'per call (s)':>14}{'share of iteration':>20}")
