@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minirlhf import grpo, grpo_train, paths
+from minirlhf import expert_iteration, grpo, grpo_train, paths
 from minirlhf.evaluation import evaluate_policy, format_table
 from minirlhf.exact import grpo as eg
 from minirlhf.exact import world as exact
@@ -379,7 +379,7 @@ for (kind, G), s in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0])):
 # leave-one-out baseline and the KL as k1 in the reward.  The estimator, the reward and the KL
 # placement enter the jitted iteration as data (`grpo_train.Recipe`), so the four runs share
 # one compiled program: only the first run's first iteration pays for compilation.  Expert iteration
-# (`grpo_train.expert_iteration`; STaR, Zelikman et al. 2022, without rationales) needs no
+# (`expert_iteration.expert_iteration`; STaR, Zelikman et al. 2022, without rationales) needs no
 # gradient of any reward: sample G answers, keep the ones the verifier accepts, fine-tune on
 # them with the SFT loss, repeat.
 #
@@ -410,11 +410,11 @@ for name, fields in RECIPES.items():
     print(f"{name:<16} {cfg.n_iterations} iterations of {cfg.prompts_per_iteration} prompts x "
           f"G = {cfg.group_size} in {time.time() - t0:.1f} s (first iteration, with compilation, "
           f"{its[0]:.1f} s; then {np.mean(its[1:]) if len(its) > 1 else 0.0:.2f} s each)")
-ei_cfg = dataclasses.replace(grpo_train.ExpertIterationConfig.smoke() if SMOKE
-                             else grpo_train.ExpertIterationConfig(), seed=args.seed)
+ei_cfg = dataclasses.replace(expert_iteration.ExpertIterationConfig.smoke() if SMOKE
+                             else expert_iteration.ExpertIterationConfig(), seed=args.seed)
 t0 = time.time()
-policies["expert iteration"], ei_history = grpo_train.expert_iteration(ref_params, model_cfg, tok,
-                                                                       ei_cfg, quiet=True)
+policies["expert iteration"], ei_history = expert_iteration.expert_iteration(
+    ref_params, model_cfg, tok, ei_cfg, quiet=True)
 print(f"expert iteration: {ei_cfg.rounds} rounds of {ei_cfg.samples_per_prompt} samples per "
       f"prompt + {ei_cfg.sft_steps} SFT steps in {time.time() - t0:.1f} s; kept "
       f"{ei_history['kept'].astype(int).tolist()} verified answers per round")

@@ -24,6 +24,7 @@ The data flows through the package in the order of the lessons:
     dpo, dpo_train   stage 06: DPO / IPO / conservative DPO losses (dpo) and DPO on the transformer
     grpo, grpo_train stage 07: GRPO / Dr. GRPO / RLOO losses (grpo) and their training loop,
                      with the verifiable reward computed in the jit (verifier)
+    expert_iteration stage 07: sample, keep what the verifier accepts, SFT on it (STaR)
     compare_capitals stage 08: SFT, best-of-n, PPO, GRPO, RLOO, DPO and IPO on the capitals world
     distributed      stage 10: the same steps over a device mesh
 """

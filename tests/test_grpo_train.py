@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from minirlhf import expert_iteration as ei_mod
 from minirlhf import grpo_train as gt
 from minirlhf.model import GPTConfig, forward, init_params, init_scalar_head
 from minirlhf.tokenizer import EOS_ID, decode_responses, encode_batch, encode_text
@@ -451,9 +452,9 @@ def test_train_grpo_and_expert_iteration_run_on_the_real_tokenizer(tok):
     for key in ("reward", "gold/accuracy", "kl", "clipfrac", "loss", "time/iteration"):
         assert history[key].shape == (2,) and np.all(np.isfinite(history[key])), key
     np.testing.assert_array_equal(history["reward"], history["gold/accuracy"])
-    ei = gt.ExpertIterationConfig(rounds=2, samples_per_prompt=8, sft_steps=5, batch_size=8,
+    ei = ei_mod.ExpertIterationConfig(rounds=2, samples_per_prompt=8, sft_steps=5, batch_size=8,
                                   lr=1e-2, max_new_tokens=3)
-    new, h = gt.expert_iteration(params, model, tok, ei, prompts, quiet=True)
+    new, h = ei_mod.expert_iteration(params, model, tok, ei, prompts, quiet=True)
     assert h["kept"][0] > 0 and set(h) == {"gold/accuracy", "kept", "loss", "time/round"}
     enc = gt.prompt_table(tok, prompts[:1], ei.prompt_len)
 
