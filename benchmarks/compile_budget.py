@@ -115,11 +115,13 @@ def run_lesson(path: Path, smoke: bool, cache: str | None, logs: Path | None = N
 
 
 def print_row(name: str, row: dict) -> None:
+    """One line of the table: compilations, compile, run, wall and CPU seconds."""
     print(f"{name:<22}{row['compilations']:>13}{row['compile_s']:>11.1f}{row['run_s']:>9.1f}"
           f"{row['wall_s']:>9.1f}{row['cpu_s']:>9.1f}", flush=True)
 
 
 def main() -> None:
+    """Run the lessons (or be one lesson's --child process) and print and save the table."""
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         return child(sys.argv[2], sys.argv[3], sys.argv[4:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 
 class PreferenceLogratios(NamedTuple):
+    """The per-pair log-ratios of `preference_logratios`."""
     chosen_logratios: jax.Array  # [B] log pi_theta(y_w) - log pi_ref(y_w)
     rejected_logratios: jax.Array  # [B] log pi_theta(y_l) - log pi_ref(y_l)
     h: jax.Array  # [B] chosen_logratios - rejected_logratios

@@ -175,12 +175,14 @@ def recipe_of(cfg: GRPOConfig) -> Recipe:
 
 
 class GRPOState(NamedTuple):
+    """The policy and its optimizer state, carried from one `grpo_iteration` to the next."""
     params: dict             # the policy's GPT params
     opt_state: tuple         # Adam state
     step: jax.Array          # [] int32 gradient steps taken
 
 
 class IterationOut(NamedTuple):
+    """What one `grpo_iteration` returns besides the new state (for logging and tests)."""
     metrics: dict            # scalar diagnostics, see `grpo_iteration`
     prompt_idx: jax.Array    # [P*G] row of the prompt table each answer answered
     tokens: jax.Array        # [P*G, P_len+N] the rollout (left-padded prompt + response)

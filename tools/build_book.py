@@ -124,6 +124,7 @@ def protect_math(source: str, store: dict[str, str]) -> str:
 
 
 def restore_math(body: str, store: dict[str, str]) -> str:
+    """Put back the MathML that `protect_math` swapped out for placeholder keys."""
     for key, mathml in store.items():
         body = body.replace(f"<p>{key}</p>", mathml).replace(key, mathml)
     return body
@@ -242,6 +243,7 @@ p.note { color: var(--muted); font-size: 15px; }
 
 
 def page(title: str, body: str, nav: str) -> str:
+    """A whole offline HTML page: inlined CSS (ours and the code highlighter's), no scripts."""
     from pygments.formatters import HtmlFormatter
     highlight = HtmlFormatter(style="default").get_style_defs(".highlight")
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -252,6 +254,7 @@ def page(title: str, body: str, nav: str) -> str:
 
 
 def lesson_nav(stems: list[str], i: int) -> str:
+    """Links to the contents page and to lesson i's neighbours."""
     links = ['<a href="index.html">Contents</a>']
     if i > 0:
         links.append(f'<a href="{stems[i - 1]}.html">&larr; {stems[i - 1]}</a>')
@@ -261,6 +264,7 @@ def lesson_nav(stems: list[str], i: int) -> str:
 
 
 def index_page(entries: list[tuple[str, str, float]], smoke: bool) -> str:
+    """The contents page: each lesson's title, link and execution time."""
     rows = "\n".join(
         f'<tr><td><a href="{stem}.html">{html.escape(title)}</a></td>'
         f'<td class="time">{seconds:.0f} s</td></tr>' for stem, title, seconds in entries)
@@ -277,6 +281,7 @@ def index_page(entries: list[tuple[str, str, float]], smoke: bool) -> str:
 
 
 def build(out: Path, smoke: bool, only: list[str] | None, timeout: int | None) -> None:
+    """Execute the lessons in file order and write one page each plus index.html to `out`."""
     lessons = lesson_paths(only)
     if not lessons:
         sys.exit(f"no lessons match {only} in {REPO / 'lessons'}")
@@ -297,6 +302,7 @@ def build(out: Path, smoke: bool, only: list[str] | None, timeout: int | None) -
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line: --smoke, --out, --only, --timeout."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true",
                         help="run the lessons with --smoke (tiny configurations, seconds each)")

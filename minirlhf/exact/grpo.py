@@ -93,6 +93,9 @@ def frontier(logp_ref: jax.Array, reward: jax.Array, betas):
 
 @dataclass(frozen=True)
 class ExactPGConfig:
+    """Exact expected-gradient training of a softmax policy per prompt: where the KL enters, the
+    baseline of the advantage, and the optimiser (`train_exact_pg`)."""
+
     kl_in: str = "reward"
     """"reward": k1 in the reward (PPO, RLOO; target pi*_beta); "loss": k3 in the loss (GRPO)."""
     baseline: str = "mean"
