@@ -21,6 +21,7 @@
 # samples outside the training step and score them with r* to watch what really happens.
 
 # %%
+import dataclasses
 import time
 
 import jax
@@ -77,10 +78,10 @@ def evaluate(params, names=("train", "heldout", "ood")):
 # %%
 enc = encode_prompts(tok, splits["train"], max_len=cfg.prompt_len)
 state0 = ppo_train.init_ppo_state(ref_params, rm_params, model_cfg, cfg, jax.random.PRNGKey(args.seed))
-ptx_table = corpus_arrays(tok)   # pretraining documents for the PPO-ptx term (lesson 09)
+ptx_table = corpus_arrays(tok) if cfg.ptx_coef > 0 else None   # PPO-ptx's documents (lesson 09)
 _, out0 = ppo_train.ppo_iteration(state0, ref_params, rm_params, enc.tokens, enc.attention_mask,
                              jax.random.PRNGKey(1), ptx_table, cfg=ppo_train.compiled_part(cfg),
-                             model_cfg=model_cfg)
+                             model_cfg=model_cfg)   # the same program train_ppo runs below
 print(f"max |log pi_old (forward pass) - log pi (sampler)| = {float(out0.metrics['rollout/logprob_mismatch']):.2e}")
 print(f"KL(pi_theta || pi_ref) at iteration 0: {float(out0.metrics['objective/kl']):.2e} nats")
 print(f"mean r_phi of these {cfg.batch_size} samples: {float(out0.metrics['objective/scores']):+.3f}")
@@ -275,7 +276,7 @@ print(f"held-out gold accuracy: SFT {results['SFT heldout']['gold/accuracy']:.3f
 SWEEP = (0.0, cfg.kl.init_beta, 2.0)
 sweep = {cfg.kl.init_beta: history}               # the main run is the middle of the sweep
 for beta in (SWEEP[0], SWEEP[2]):
-    sweep_cfg = ppo_train.PPOConfig(**{**cfg.__dict__, "kl": ppo.KLControllerConfig(init_beta=beta)})
+    sweep_cfg = dataclasses.replace(cfg, kl=dataclasses.replace(cfg.kl, init_beta=beta))
     _, sweep[beta] = ppo_train.train_ppo(ref_params, ref_params, rm_params, model_cfg, tok, sweep_cfg, quiet=True)
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
 for beta in SWEEP:

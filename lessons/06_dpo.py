@@ -353,15 +353,16 @@ betas = np.logspace(-1.5, 1.0, 3 if args.smoke else 6)
 toy_steps = 50 if args.smoke else 500
 
 
-def loser_probability(beta: float, loss_type: str) -> float:
-    """pi_theta(y_l) after run_dpo on the toy's population loss (one compilation per beta)."""
-    tc = TabularDPOConfig(beta=beta, loss_type=loss_type, population=True, n_steps=toy_steps)
-    params, _ = jax.jit(partial(run_dpo, toy, tc))(jax.random.PRNGKey(0))
-    return float(jnp.exp(all_sequence_logprobs(params)[0, 0]))
+def loser_probability(loss_type: str) -> np.ndarray:
+    """pi_theta(y_l) after run_dpo on the toy's population loss, for every beta at once
+    (beta is traced and vmapped: one compilation per loss, not one per beta)."""
+    tc = TabularDPOConfig(loss_type=loss_type, population=True, n_steps=toy_steps)
+    train = jax.vmap(lambda b: run_dpo(toy, tc, jax.random.PRNGKey(0), beta=b)[0])
+    params = jax.jit(train)(jnp.asarray(betas, jnp.float32))             # leaves [len(betas), ...]
+    return np.exp(np.asarray(jax.vmap(all_sequence_logprobs)(params))[:, 0, 0])
 
 
-p_dpo = np.array([loser_probability(float(b), "dpo") for b in betas])
-p_ipo = np.array([loser_probability(float(b), "ipo") for b in betas])
+p_dpo, p_ipo = loser_probability("dpo"), loser_probability("ipo")
 p_ipo_theory = 1 / (1 + np.exp(1 / (2 * betas)))
 print(f"{'beta':>8}{'DPO pi(y_l)':>14}{'IPO pi(y_l)':>14}{'IPO theory':>14}")
 for row in zip(betas, p_dpo, p_ipo, p_ipo_theory):

@@ -257,14 +257,17 @@ def empirical_pair_weights(pairs: PreferencePairs, n_prompts: int, n_responses: 
     return (counts / flat.shape[0]).reshape(n_prompts, n_responses, n_responses)
 
 
-def _pair_losses(policy_chosen, policy_rejected, reference_chosen, reference_rejected, cfg):
-    """Per-pair loss: the library's per-pair losses (dpo.preference_losses). All [M]."""
+def _pair_losses(policy_chosen, policy_rejected, reference_chosen, reference_rejected, cfg,
+                 beta=None):
+    """Per-pair loss: the library's per-pair losses (dpo.preference_losses). All [M].
+    beta: cfg.beta when None, else a (possibly traced) override."""
     h = preference_logratios(policy_chosen, policy_rejected, reference_chosen, reference_rejected).h
-    return preference_losses(h, cfg.beta, cfg.loss_type, cfg.label_smoothing)
+    return preference_losses(h, cfg.beta if beta is None else beta, cfg.loss_type,
+                             cfg.label_smoothing)
 
 
 @partial(jax.jit, static_argnums=4)
-def preference_loss(params, ref_params, world: ExactWorld, pairs: PreferencePairs, cfg):
+def preference_loss(params, ref_params, world: ExactWorld, pairs: PreferencePairs, cfg, beta=None):
     """Mean loss over a batch of M pairs, with summed token log-probs like a language model:
 
         h_m = (log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))
@@ -276,11 +279,11 @@ def preference_loss(params, ref_params, world: ExactWorld, pairs: PreferencePair
 
     return jnp.mean(_pair_losses(seq_logps(params, pairs.chosen), seq_logps(params, pairs.rejected),
                                  seq_logps(ref_params, pairs.chosen),
-                                 seq_logps(ref_params, pairs.rejected), cfg))
+                                 seq_logps(ref_params, pairs.rejected), cfg, beta))
 
 
 @partial(jax.jit, static_argnums=3)
-def grid_preference_loss(params, world: ExactWorld, weights: jax.Array, cfg):
+def grid_preference_loss(params, world: ExactWorld, weights: jax.Array, cfg, beta=None):
     """sum_{p, w, l} weights[p, w, l] * loss(p, y_w, y_l) over all ordered pairs at once.
 
     The exact distribution log pi [P, N] is broadcast to [P, N, N] (chosen on axis 1,
@@ -291,17 +294,20 @@ def grid_preference_loss(params, world: ExactWorld, weights: jax.Array, cfg):
     chosen = (jnp.broadcast_to(x[:, :, None], shape).reshape(-1) for x in (logp, world.logp_ref))
     rejected = (jnp.broadcast_to(x[:, None, :], shape).reshape(-1) for x in (logp, world.logp_ref))
     (pc, rc), (pr, rr) = chosen, rejected
-    return jnp.sum(weights.reshape(-1) * _pair_losses(pc, pr, rc, rr, cfg))
+    return jnp.sum(weights.reshape(-1) * _pair_losses(pc, pr, rc, rr, cfg, beta))
 
 
-def run_dpo(world: ExactWorld, cfg: TabularDPOConfig, key: jax.Array):
+def run_dpo(world: ExactWorld, cfg: TabularDPOConfig, key: jax.Array, beta=None):
     """Train a tabular policy with DPO / IPO from pi_ref; one jittable pure function of `key`.
 
     population=True: exact expected loss (grid weights = pair probabilities). Otherwise a
     dataset of n_pairs_per_prompt sampled pairs, trained full-batch (batch_size=None, via
     its empirical grid weights) or with minibatches drawn with replacement.
+    beta: cfg.beta when None; else a traced scalar, so that a sweep over beta is one program
+    (`jax.vmap` over it) instead of one compilation per value.
     Returns (params, history) with history[name] of shape [n_steps].
     """
+    beta = cfg.beta if beta is None else beta
     A, K = world.ref_logits.shape[-1], world.responses.shape[-1]
     ref_params = tabular.init_tabular_from_logprobs(world.logp_ref, A, K)
     k_data, k_steps = jax.random.split(key)
@@ -314,14 +320,14 @@ def run_dpo(world: ExactWorld, cfg: TabularDPOConfig, key: jax.Array):
             weights = empirical_pair_weights(pairs, *world.reward.shape)
     state = TrainState.create(apply_fn=None, params=ref_params,
                               tx=adam_optimizer(cfg.learning_rate, cfg.n_steps, cfg.anneal_lr))
-    logp_star = exact.optimal_policy(world.logp_ref, world.reward, cfg.beta)
+    logp_star = exact.optimal_policy(world.logp_ref, world.reward, beta)
 
     def loss_fn(params, step_key):
         if full_batch:
-            return grid_preference_loss(params, world, weights, cfg)
+            return grid_preference_loss(params, world, weights, cfg, beta)
         idx = jax.random.randint(step_key, (cfg.batch_size,), 0, pairs.prompt_ids.shape[0])
         batch = jax.tree_util.tree_map(lambda x: x[idx], pairs)
-        return preference_loss(params, ref_params, world, batch, cfg)
+        return preference_loss(params, ref_params, world, batch, cfg, beta)
 
     def step(state, step_key):
         loss, grads = jax.value_and_grad(loss_fn)(state.params, step_key)
