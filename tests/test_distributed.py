@@ -4,8 +4,9 @@ XLA reads XLA_FLAGS=--xla_force_host_platform_device_count=4 once, when jax firs
 backend, so the checks run in a subprocess: this file executed as a script (`python
 tests/test_distributed.py`) sets the flag before importing jax, runs every case and prints a
 JSON report, which the tests below read.  The pytest process itself never imports jax here
-and no other test file sees the flag.  The worker needs ~90 CPU-seconds (11 small XLA
-compilations); its generous timeout is for a crowded shared machine.
+and no other test file sees the flag.  The worker compiles at the test run's XLA optimisation
+level (see conftest.py) and needs ~25 CPU-seconds (11 small XLA compilations); its generous
+timeout is for a crowded shared machine.
 
 For each stage (SFT/LM, Bradley-Terry reward model, DPO, PPO clipped policy loss) the SAME loss
 function is trained for N_STEPS steps from the same state on the same batches:
@@ -182,7 +183,12 @@ def _worker() -> dict:
 
 @pytest.fixture(scope="module")
 def report():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    # the worker sets the device count itself; of the run's XLA_FLAGS only the optimisation level
+    # (conftest.py's TEST_XLA_FLAG: half the worker's compile time) is passed on
+    level = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if f.startswith("--xla_backend_optimization_level=")]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | (
+        {"XLA_FLAGS": " ".join(level)} if level else {})
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve())], env=env, check=False,
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, f"worker failed\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
