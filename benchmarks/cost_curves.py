@@ -3,8 +3,10 @@
     python benchmarks/cost_curves.py            # full sweeps, ~1-3 min on an idle 2-core CPU
     python benchmarks/cost_curves.py --smoke    # tiny sweeps, seconds (used by lesson 10's tests)
 
-What is measured, per point: one jitted LM training step (`pretrain.lm_loss` + AdamW through
-`training.make_train_step`, explicit attention, fp32), compiled once via `.lower().compile()`.
+What is measured, per point: one jitted LM training step (`pretrain.lm_loss` + AdamW with lesson
+02's schedule, through `pretrain.lm_train_step`, explicit attention, fp32), compiled once via
+`.lower().compile()`.  At the base point this is lesson 02's pretraining step itself, so with
+the persistent compilation cache of `make lessons` it is read back, not compiled again.
   * time: median wall time of `n_timed` steps after one warm-up step (blocked on the result).
     Medians, because the machine is shared and a single step can be stalled by a neighbour.
     Also the median process CPU time (all threads): on a crowded machine it is steadier than
@@ -29,16 +31,17 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from minirlhf import paths
 from minirlhf.model import GPTConfig, init_params
-from minirlhf.pretrain import lm_loss
-from minirlhf.training import init_train_state, make_optimizer, make_train_step
+from minirlhf.pretrain import PretrainConfig, lm_train_step
+from minirlhf.training import init_train_state
 
-BASE = {"L": 4, "d": 128, "H": 4, "V": 512, "T": 64, "B": 32}   # the lessons' model and batch
-SWEEPS = {"T": [32, 64, 128, 256], "B": [8, 16, 32, 64], "d": [64, 128, 256], "L": [1, 2, 4, 8]}
+COURSE = PretrainConfig()   # the lessons' GPT, batch and AdamW schedule (lesson 02)
+BASE = {"L": COURSE.model.n_layer, "d": COURSE.model.d_model, "H": COURSE.model.n_head,
+        "V": COURSE.model.vocab_size, "T": COURSE.model.max_len, "B": COURSE.batch_size}
+SWEEPS = {"T": [32, 64, 128, 256], "B": [8, 16, 32, 64], "d": [48, 96, 192], "L": [1, 3, 6]}
 SMOKE_BASE = {"L": 1, "d": 32, "H": 2, "V": 64, "T": 16, "B": 8}
 SMOKE_SWEEPS = {"T": [8, 16, 32], "B": [4, 8, 16], "d": [16, 32, 64], "L": [1, 2]}
 UNITS = {"T": "tokens per sequence", "B": "sequences per batch", "d": "d_model", "L": "layers"}
@@ -54,13 +57,12 @@ def measure(point: dict, n_timed: int, seed: int = 0) -> dict:
     """Compile, warm up, and time one LM training step at `point` (keys L, d, H, V, T, B)."""
     cfg = GPTConfig(vocab_size=point["V"], max_len=point["T"], n_layer=point["L"],
                     n_head=point["H"], d_model=point["d"])
-    optimizer = make_optimizer(1e-3, total_steps=100)
+    optimizer, step = lm_train_step(cfg, COURSE.steps, COURSE.lr, COURSE.weight_decay)
     state = init_train_state(init_params(jax.random.PRNGKey(seed), cfg), optimizer)
     rng = np.random.default_rng(seed)
     shape = (point["B"], point["T"])
-    batch = {"tokens": jnp.asarray(rng.integers(3, cfg.vocab_size, shape), jnp.int32),
-             "attention_mask": jnp.ones(shape, jnp.int32), "loss_mask": jnp.ones(shape, jnp.int32)}
-    step = make_train_step(lambda p, b: lm_loss(p, b, cfg), optimizer)
+    batch = {"tokens": rng.integers(3, cfg.vocab_size, shape).astype(np.int32),
+             "attention_mask": np.ones(shape, np.int32), "loss_mask": np.ones(shape, np.int32)}
     compiled = step.lower(state, batch).compile()
     mem = compiled.memory_analysis()
     peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes

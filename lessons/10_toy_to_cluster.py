@@ -25,7 +25,7 @@ import numpy as np
 
 from minirlhf import distributed, model, paths
 from minirlhf.dpo import dpo_loss
-from minirlhf.training import init_train_state, make_optimizer, make_train_step
+from minirlhf.training import FEW_STEPS, init_train_state, make_optimizer, make_train_step
 
 t_start = time.time()
 args = paths.lesson_args()
@@ -46,12 +46,17 @@ print("(no GPU in this session: 4 fake CPU devices, all sharing the same 2 cores
 # gradient of a mean over B rows is the mean of the gradients over D shards of B/D rows.
 # The preference pairs here are random token sequences (the mechanics do not care), the
 # policy starts at the reference, as in DPO.
+#
+# Compile time is a cost like run time.  Each step of this lesson's sections 1-3 runs 3 times,
+# so it is compiled with `training.FEW_STEPS`, XLA's backend optimisation passes off: on a CPU
+# that compiles the step in a bit over half the time and runs it about half as fast, a good
+# trade for 3 steps and a bad one for 300 (lesson 02's pretraining keeps the defaults).
 
 # %%
 if args.smoke:
     cfg, B, T = model.GPTConfig(vocab_size=64, max_len=16, n_layer=1, n_head=2, d_model=32), 8, 16
 else:
-    cfg, B, T = model.GPTConfig(vocab_size=512, max_len=48, n_layer=4, n_head=4, d_model=128), 32, 48
+    cfg, B, T = model.GPTConfig(vocab_size=512, max_len=48, n_layer=3, n_head=4, d_model=96), 32, 48
 N_STEPS, BETA = 3, 0.1
 
 
@@ -87,7 +92,8 @@ for _ in range(N_STEPS):
                     "reference_rejected_logps": np.asarray(seq_logps(reference, rejected))})
 
 optimizer = make_optimizer(1e-3, total_steps=10, warmup_steps=1)
-step_1dev = make_train_step(dpo_batch_loss, optimizer)       # what lesson 06 uses
+step_1dev = make_train_step(dpo_batch_loss, optimizer,       # what lesson 06 uses
+                            compiler_options=FEW_STEPS)    # 3 steps: compile fast
 state_1dev = init_train_state(policy, optimizer)
 for batch in batches:
     state_1dev, metrics_1dev = step_1dev(state_1dev, batch)
@@ -111,7 +117,8 @@ print(f"1 device : loss after {N_STEPS} steps {float(metrics_1dev['loss']):.6f}"
 
 # %%
 mesh = distributed.make_mesh(N_DEVICES)                                   # 1-D mesh, axis "data"
-step_mesh = distributed.shard_train_step(dpo_batch_loss, optimizer, mesh)  # the shardings: here
+step_mesh = distributed.shard_train_step(dpo_batch_loss, optimizer, mesh,   # the shardings: here
+                                          compiler_options=FEW_STEPS)
 state_mesh = distributed.replicate(init_train_state(policy, optimizer), mesh)
 for batch in batches:
     sharded = distributed.shard_batch(batch, mesh)                        # rows split over "data"
@@ -159,7 +166,8 @@ print(f"all-reduce ops in the compiled 4-device step: {hlo.count(' all-reduce(')
 mesh_2d = distributed.make_mesh(N_DEVICES, n_model=2)
 state0 = init_train_state(policy, optimizer)
 shardings = distributed.state_shardings(state0, mesh_2d, distributed.MLP_TENSOR_PARALLEL)
-step_tp = distributed.shard_train_step(dpo_batch_loss, optimizer, mesh_2d, shardings)
+step_tp = distributed.shard_train_step(dpo_batch_loss, optimizer, mesh_2d, shardings,
+                                       compiler_options=FEW_STEPS)
 state_tp = jax.device_put(state0, shardings)
 for batch in batches:
     state_tp, _ = step_tp(state_tp, distributed.shard_batch(batch, mesh_2d))
@@ -232,7 +240,7 @@ print(f"figure -> {FIGURES / '10_cost_curves.png'}")
 #
 #   It counts only the FLOPs the model needs (not recomputation), so it compares
 #   implementations honestly.  Large well-tuned runs reach 40–60%; a model as small as ours
-#   would reach well under 1% on an H100: the lesson config needs ~11 GFLOP per step, 11 µs
+#   would reach well under 1% on an H100: the lesson config needs ~5 GFLOP per step, 5 µs
 #   of H100 peak, far less than the time to launch its kernels.
 
 # %%

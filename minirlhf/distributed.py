@@ -120,7 +120,8 @@ def state_shardings(state, mesh: Mesh, rules: dict | None = None):
     return jax.tree_util.tree_map_with_path(spec, state)
 
 
-def shard_step(step_fn: Callable, mesh: Mesh, state_sharding=None, axis: str = DATA):
+def shard_step(step_fn: Callable, mesh: Mesh, state_sharding=None, axis: str = DATA,
+               compiler_options: dict | None = None):
     """jit `step_fn(state, batch) -> (state, metrics)` with its shardings declared:
 
         in:  state  -> state_sharding (default: replicated),  batch -> P(axis)
@@ -128,16 +129,18 @@ def shard_step(step_fn: Callable, mesh: Mesh, state_sharding=None, axis: str = D
 
     The compiler partitions everything in between (and inserts the gradient all-reduce).
     `state_sharding` is one NamedSharding for the whole state or a pytree of them
-    (see `state_shardings`).
+    (see `state_shardings`).  compiler_options: XLA options for this program (see
+    `training.FEW_STEPS`).
     """
     state_sharding = replicated(mesh) if state_sharding is None else state_sharding
     return jax.jit(step_fn,
                    in_shardings=(state_sharding, batch_sharding(mesh, axis)),
-                   out_shardings=(state_sharding, replicated(mesh)))
+                   out_shardings=(state_sharding, replicated(mesh)),
+                   compiler_options=compiler_options)
 
 
 def shard_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, mesh: Mesh,
-                     state_sharding=None, axis: str = DATA):
+                     state_sharding=None, axis: str = DATA, compiler_options: dict | None = None):
     """The data-parallel version of `training.make_train_step(loss_fn, optimizer)`.
 
     loss_fn(params, batch) -> (loss, metrics) is the single-device loss, unchanged (LM/SFT,
@@ -145,4 +148,5 @@ def shard_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
     single-device one (module docstring).  Returns jitted (state, batch) -> (state, metrics);
     arguments are moved to the declared shardings if they are not there already.
     """
-    return shard_step(make_train_step(loss_fn, optimizer), mesh, state_sharding, axis)
+    return shard_step(make_train_step(loss_fn, optimizer), mesh, state_sharding, axis,
+                      compiler_options)

@@ -76,14 +76,23 @@ def init_train_state(params, optimizer) -> TrainState:
     return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
-def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, donate: bool = False):
+FEW_STEPS = {"xla_backend_optimization_level": 0}
+"""XLA options for a program that runs only a few times: the backend's (LLVM's) optimisation
+passes off.  On a CPU the step then compiles faster and runs slower, which pays only for a
+handful of steps (lesson 10's demonstration steps; `benchmarks/compile_budget.py` shows both)."""
+
+
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, donate: bool = False,
+                    compiler_options: dict | None = None):
     """state, batch -> state, metrics: forward + backward + update, all under one jit.
 
     donate=True lets XLA update the parameters and optimizer state in place (the state passed in
     is deleted); off by default because the lessons keep the initial parameters around.
+    compiler_options: XLA options for this program only, e.g. `FEW_STEPS` for a step that runs a
+    handful of times, where compile time outweighs run time.
     """
 
-    @partial(jax.jit, donate_argnums=(0,) if donate else ())
+    @partial(jax.jit, donate_argnums=(0,) if donate else (), compiler_options=compiler_options)
     def train_step(state: TrainState, batch):
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
