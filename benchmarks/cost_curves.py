@@ -35,13 +35,13 @@ import numpy as np
 
 from minirlhf import paths
 from minirlhf.model import GPTConfig, init_params
-from minirlhf.pretrain import PretrainConfig, lm_train_step
+from minirlhf.pretrain import SEQ_LEN, PretrainConfig, lm_train_step
 from minirlhf.training import init_train_state
 
 COURSE = PretrainConfig()   # the lessons' GPT, batch and AdamW schedule (lesson 02)
 BASE = {"L": COURSE.model.n_layer, "d": COURSE.model.d_model, "H": COURSE.model.n_head,
-        "V": COURSE.model.vocab_size, "T": COURSE.model.max_len, "B": COURSE.batch_size}
-SWEEPS = {"T": [32, 64, 128, 256], "B": [8, 16, 32, 64], "d": [48, 96, 192], "L": [1, 3, 6]}
+        "V": COURSE.model.vocab_size, "T": SEQ_LEN, "B": COURSE.batch_size}
+SWEEPS = {"T": [25, 50, 100, 200], "B": [8, 16, 32, 64], "d": [48, 96, 192], "L": [1, 3, 6]}
 SMOKE_BASE = {"L": 1, "d": 32, "H": 2, "V": 64, "T": 16, "B": 8}
 SMOKE_SWEEPS = {"T": [8, 16, 32], "B": [4, 8, 16], "d": [16, 32, 64], "L": [1, 2]}
 UNITS = {"T": "tokens per sequence", "B": "sequences per batch", "d": "d_model", "L": "layers"}
@@ -55,8 +55,8 @@ def flops_per_step(L: int, d: int, V: int, T: int, B: int, **_) -> dict:
 
 def measure(point: dict, n_timed: int, seed: int = 0) -> dict:
     """Compile, warm up, and time one LM training step at `point` (keys L, d, H, V, T, B)."""
-    cfg = GPTConfig(vocab_size=point["V"], max_len=point["T"], n_layer=point["L"],
-                    n_head=point["H"], d_model=point["d"])
+    cfg = GPTConfig(vocab_size=point["V"], max_len=max(point["T"], COURSE.model.max_len),
+                    n_layer=point["L"], n_head=point["H"], d_model=point["d"])
     optimizer, step = lm_train_step(cfg, COURSE.steps, COURSE.lr, COURSE.weight_decay)
     state = init_train_state(init_params(jax.random.PRNGKey(seed), cfg), optimizer)
     rng = np.random.default_rng(seed)

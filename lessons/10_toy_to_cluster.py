@@ -205,7 +205,7 @@ if not args.smoke and saved.exists():
     print(f"read {saved} (measured on {data['device']})")
 else:
     base = cost.SMOKE_BASE if args.smoke else cost.BASE
-    sweep = {"T": [8, 16]} if args.smoke else {"T": [32, 64, 128], "B": [16, 32]}
+    sweep = {"T": [8, 16]} if args.smoke else {"T": [25, 50, 100], "B": [16, 32]}
     print(f"no saved benchmark{' (smoke)' if args.smoke else ''}: small sweep around {base}")
     results = cost.run_sweeps(base, sweep, n_timed=3)
 summary = cost.summarize(results, base)
