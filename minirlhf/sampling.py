@@ -13,6 +13,21 @@ Without the cache each new token would recompute the whole prefix:
 O(T^2) work per sequence instead of O(T) (see benchmarks/bench_model.py).
 
 Stopping: once a row has produced <eos> it emits <pad> with mask 0 from then on.
+
+What keeps a decode step small (one step is a few small matmuls, so anything else in the loop
+body shows; benchmarks/bench_sampler.py measures the sampler):
+  * Sampling noise drawn before the loop.  `jax.random.categorical(key, logp)` is
+    argmax(logp + g) with g = `jax.random.gumbel(key, logp.shape)` (the Gumbel-max trick).  The N
+    per-step keys are the same chain of `key, sub = split(key)` as a per-step draw would use, so
+    `gumbel_noise` draws all steps' g [N, B, V] in one vectorised pass and step i only adds g[i]:
+    the same tokens as drawing inside the loop.  The draw is Threefry-2x32 written out
+    (`threefry2x32`), bit for bit `jax.random.gumbel`'s: XLA fuses it into one loop, where
+    jax's CPU lowering runs its rounds as a rolled loop over whole arrays.
+  * The per-layer weights are sliced out of the stacked [L, ...] arrays and W_te is transposed
+    once, before the loop (`decode_params`): inside the loop body each slice would be a copy of
+    that layer's weights at every step.
+  * The argmax is max, then the first index equal to it (`first_argmax`): two plain reductions
+    instead of XLA's slower (value, index) pair reduction; the same index as `jnp.argmax`.
 """
 
 from __future__ import annotations
@@ -23,6 +38,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from minirlhf.fused_attention import fused_attention
 from minirlhf.model import (
@@ -49,6 +65,20 @@ class Generation(NamedTuple):
                                #          distribution (0 outside the response)
 
 
+def sampling_logprobs(logits, temperature: float, top_k: int):
+    """log softmax(logits / T) restricted to the top-k logits (top_k = 0: no restriction), the
+    distribution `sample_token` draws from: logits [B, V] -> log-probs [B, V] in >= float32
+    (-inf outside the top k).  temperature = 0 (greedy) gives the log-probs at temperature 1."""
+    logits = at_least_f32(logits)
+    if temperature == 0.0:
+        return jax.nn.log_softmax(logits, axis=-1)
+    logits = logits / temperature
+    if top_k > 0:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]                      # [B, 1]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    return jax.nn.log_softmax(logits, axis=-1)                               # [B, V]
+
+
 def sample_token(key, logits, temperature: float, top_k: int):
     """Draw y ~ softmax(logits / T) restricted to the top-k logits (top_k = 0: no restriction).
 
@@ -56,18 +86,66 @@ def sample_token(key, logits, temperature: float, top_k: int):
     log-prob is under the distribution actually sampled from (temperature-scaled, top-k
     renormalised); for greedy decoding it is the log-prob at temperature 1.
     """
-    logits = at_least_f32(logits)
+    logp = sampling_logprobs(logits, temperature, top_k)
     if temperature == 0.0:
-        token = jnp.argmax(logits, axis=-1)
-        logp = jax.nn.log_softmax(logits, axis=-1)
+        token = jnp.argmax(at_least_f32(logits), axis=-1)
     else:
-        logits = logits / temperature
-        if top_k > 0:
-            kth = jax.lax.top_k(logits, top_k)[0][:, -1:]                  # [B, 1]
-            logits = jnp.where(logits < kth, -jnp.inf, logits)
-        logp = jax.nn.log_softmax(logits, axis=-1)                           # [B, V]
         token = jax.random.categorical(key, logp, axis=-1)
     return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+
+
+def first_argmax(z):
+    """jnp.argmax(z, -1) for z without NaN: the first index where z equals its row maximum.
+    z [B, V] -> [B] int32."""
+    is_max = z == jnp.max(z, axis=-1, keepdims=True)                           # [B, V]
+    return jnp.min(jnp.where(is_max, jnp.arange(z.shape[-1], dtype=jnp.int32), z.shape[-1]), axis=-1)
+
+
+def threefry2x32(k1, k2, x1, x2):
+    """The Threefry-2x32 block cipher, 20 rounds (Salmon et al. 2011, "Parallel random numbers:
+    as easy as 1, 2, 3"), the hash behind jax's default PRNG: key words k1, k2 (uint32 scalars)
+    encrypt the counter pairs (x1, x2) (uint32 arrays, one shape) -> two uint32 arrays.
+
+    Rounds of  x1 += x2;  x2 = rotl(x2, r) ^ x1  with rotations r cycling through (13, 15, 26, 6)
+    and (17, 29, 16, 24); every 4 rounds the key schedule (k1, k2, k1 ^ k2 ^ 0x1BD11BDA) is
+    added, with the group number.  Written with plain integer ops, so XLA fuses the whole hash.
+    """
+    ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))
+    rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
+    x1, x2 = x1 + ks[0], x2 + ks[1]
+    for group in range(5):
+        for r in rotations[group % 2]:
+            x1 = x1 + x2
+            x2 = x1 ^ ((x2 << np.uint32(r)) | (x2 >> np.uint32(32 - r)))
+        x1 = x1 + ks[(group + 1) % 3]
+        x2 = x2 + ks[(group + 2) % 3] + np.uint32(group + 1)
+    return x1, x2
+
+
+def gumbel_noise(key, shape: tuple, dtype=jnp.float32):
+    """g = -log(-log u), u ~ Uniform(tiny, 1): bit for bit `jax.random.gumbel(key, shape, dtype)`.
+
+    For a float32 draw from a raw Threefry key (jax's default) it is computed here: counter j
+    (the flat index) is hashed by `threefry2x32` under the key, the two output words are xor-ed,
+    and the top 23 bits become the mantissa of u in [1, 2) - 1, then scaled to [tiny, 1) (jax's
+    `threefry_partitionable` layout).  Any other key or dtype goes through jax.random.gumbel.
+    """
+    key = jnp.asarray(key)
+    if not (dtype == jnp.float32 and key.dtype == jnp.uint32 and key.shape == (2,)
+            and jax.config.jax_threefry_partitionable and math.prod(shape) < 2 ** 32):
+        return jax.random.gumbel(key, shape, dtype)
+    counter = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    bits1, bits2 = threefry2x32(key[0], key[1], jnp.zeros_like(counter), counter)
+    mantissa = ((bits1 ^ bits2) >> np.uint32(9)) | np.uint32(0x3F800000)     # 1.m in [1, 2)
+    u = jax.lax.bitcast_convert_type(mantissa, jnp.float32) - np.float32(1.0)
+    tiny = np.float32(np.finfo(np.float32).tiny)
+    u = jnp.maximum(tiny, u * (np.float32(1.0) - tiny) + tiny)                 # [tiny, 1)
+    return -jnp.log(-jnp.log(u))
+
+
+def step_keys(key, n: int):
+    """The keys `sub` of n successive `key, sub = jax.random.split(key)`: [n, *key.shape]."""
+    return jax.lax.scan(lambda k, _: tuple(jax.random.split(k)), key, None, length=n)[1]
 
 
 def prefill_cache(kv, max_new_tokens: int):
@@ -101,22 +179,35 @@ def attend_cached(q, k_cache, v_cache, key_mask, cfg: GPTConfig):
     return jnp.einsum("bhs,bhsd->bhd", weights, v_cache)                            # [B, H, Dh]
 
 
+def decode_params(params: dict) -> dict:
+    """The GPT's parameters as `decode_step` reads them fastest: "blocks" as a tuple of L
+    per-layer dicts (sliced out of the stacked [L, ...] leaves) and "wte_t" = W_te^T [D, V] for
+    the unembedding.  Made once per `generate` call, outside its decode loop."""
+    L = params["blocks"]["w_qkv"].shape[0]
+    blocks = tuple(jax.tree_util.tree_map(lambda a, l=l: a[l], params["blocks"]) for l in range(L))
+    return {**params, "blocks": blocks, "wte_t": params["wte"].T}
+
+
 def decode_step(params, token, pos, col, cache, key_mask, cfg: GPTConfig):
     """Run one new token per row through the GPT using (and filling) the KV cache.
 
-    token, pos: [B]; col: scalar column being written; cache: (k, v), each a tuple of L
-    head-major arrays [B, H, S, Dh] (`prefill_cache`); key_mask: [B, S] (1 where a cached key is
-    real; column `col` is included).  Returns (logits [B, V], hidden [B, D], new cache).
+    params: the GPT's parameters, stacked as `init_params` makes them or laid out by
+    `decode_params` (same numbers); token, pos: [B]; col: scalar column being written; cache:
+    (k, v), each a tuple of L head-major arrays [B, H, S, Dh] (`prefill_cache`); key_mask: [B, S]
+    (1 where a cached key is real; column `col` is included).  Returns (logits [B, V], hidden
+    [B, D], new cache).
 
     Column `col` is written with dynamic_update_slice: inside `generate`'s scan the cache is
     the loop carry, which XLA updates in place (no per-step copy of the cache).  The layers run
     as a Python loop whatever `cfg.unroll_layers` says: one token per row is a small program.
     """
     dtype = jnp.dtype(cfg.compute_dtype)
+    blocks = params["blocks"]
+    if isinstance(blocks, dict):                                   # stacked [L, ...] leaves
+        blocks = [jax.tree_util.tree_map(lambda a, l=l: a[l], blocks) for l in range(cfg.n_layer)]
     x = (params["wte"][token] + params["wpe"][pos]).astype(dtype)              # [B, D]
     k_cache, v_cache = list(cache[0]), list(cache[1])
-    for l in range(cfg.n_layer):
-        p = jax.tree_util.tree_map(lambda a, l=l: a[l], params["blocks"])
+    for l, p in enumerate(blocks):
         q, k, v = qkv_proj(layer_norm(x, p["ln1"])[:, None], p, cfg)           # [B, 1, H, Dh]
         write = lambda c, new: jax.lax.dynamic_update_slice(                   # column col
             c, new.swapaxes(1, 2).astype(c.dtype), (0, 0, col, 0))             # [B, H, 1, Dh]
@@ -125,7 +216,11 @@ def decode_step(params, token, pos, col, cache, key_mask, cfg: GPTConfig):
         x = x + out_proj(a[:, None], p)[:, 0]                                  # [B, D]
         x = x + mlp(layer_norm(x, p["ln2"])[:, None], p)[:, 0]
     h = layer_norm(at_least_f32(x), params["ln_f"])                            # [B, D] fp32
-    return unembed(params, h, cfg), h, (tuple(k_cache), tuple(v_cache))        # [B, V]
+    if "wte_t" in params:   # = unembed: h W_te^T, with W_te^T laid out [D, V] once
+        logits = at_least_f32(h.astype(dtype) @ params["wte_t"].astype(dtype))  # [B, V]
+    else:
+        logits = unembed(params, h, cfg)
+    return logits, h, (tuple(k_cache), tuple(v_cache))
 
 
 @partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k"))
@@ -146,11 +241,24 @@ def generate(params, prompt_tokens, prompt_mask, key, *, cfg: GPTConfig, max_new
     key_mask = jnp.pad(prompt_mask, ((0, 0), (0, N)))                           # [B, S]
     pos0 = positions_from_mask(prompt_mask)[:, -1] + 1                          # [B] next position
 
-    # 2. decode: sample a token, feed it back, N times.
-    def step(carry, i):
-        logits, cache, key_mask, done, key = carry
-        key, sub = jax.random.split(key)
-        token, logp = sample_token(sub, logits, temperature, top_k)
+    # 2. the sampling noise of all N steps, drawn before the loop (module docstring).
+    greedy = temperature == 0.0
+    logits0 = out.logits[:, -1]                                                  # [B, V]
+    if greedy:
+        noise = jnp.zeros((N, 0), logits0.dtype)                                # unused
+    else:
+        noise = jax.vmap(lambda k: gumbel_noise(k, logits0.shape, logits0.dtype))(
+            step_keys(key, N))                                                  # [N, B, V]
+    dparams = decode_params(params)
+
+    # 3. decode: sample a token, feed it back, N times.
+    def step(carry, xs):
+        i, g = xs
+        logits, cache, key_mask, done = carry
+        logp = sampling_logprobs(logits, temperature, top_k)                    # [B, V]
+        # greedy: argmax of the logits; else Gumbel-max, = jax.random.categorical(sub_i, logp)
+        token = first_argmax(at_least_f32(logits) if greedy else logp + g)      # [B]
+        logp = jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]         # [B]
         alive = ~done                                                           # row still generating
         token = jnp.where(alive, token, PAD_ID)
         col = P + i
@@ -158,12 +266,12 @@ def generate(params, prompt_tokens, prompt_mask, key, *, cfg: GPTConfig, max_new
         # a finished row keeps running (static shapes); let it see its own column so its
         # attention row is never empty.  Nothing ever reads what it computes.
         step_mask = key_mask.at[:, col].set(1)
-        logits, _, cache = decode_step(params, token, pos0 + i, col, cache, step_mask, cfg)
+        logits, _, cache = decode_step(dparams, token, pos0 + i, col, cache, step_mask, cfg)
         done = done | (token == EOS_ID)
-        return (logits, cache, key_mask, done, key), (token, jnp.where(alive, logp, 0.0), alive)
+        return (logits, cache, key_mask, done), (token, jnp.where(alive, logp, 0.0), alive)
 
-    init = (out.logits[:, -1], cache, key_mask, jnp.zeros((B,), bool), key)
-    _, (toks, logps, alive) = jax.lax.scan(step, init, jnp.arange(N))           # each [N, B]
+    init = (logits0, cache, key_mask, jnp.zeros((B,), bool))
+    _, (toks, logps, alive) = jax.lax.scan(step, init, (jnp.arange(N), noise))  # each [N, B]
     resp_mask = alive.T.astype(prompt_mask.dtype)                               # [B, N]
     tokens = jnp.concatenate([prompt_tokens, toks.T.astype(prompt_tokens.dtype)], axis=1)
     return Generation(

@@ -12,7 +12,19 @@ import pytest
 
 from minirlhf import model
 from minirlhf.model import GPTConfig
-from minirlhf.sampling import EOS_ID, PAD_ID, generate, generate_without_cache
+from minirlhf.sampling import (
+    EOS_ID,
+    PAD_ID,
+    decode_params,
+    decode_step,
+    first_argmax,
+    generate,
+    generate_without_cache,
+    gumbel_noise,
+    prefill_cache,
+    step_keys,
+    threefry2x32,
+)
 
 CFG = GPTConfig(vocab_size=40, max_len=16, n_layer=2, n_head=2, d_model=32)
 forward = jax.jit(model.forward, static_argnames="cfg")
@@ -133,9 +145,9 @@ def target_probs(logits, temperature: float, top_k: int):
 
 
 @pytest.mark.parametrize("temperature,top_k,wrong", [
-    (1.0, 0, dict(temperature=0.7, top_k=0)),
-    (0.7, 0, dict(temperature=1.0, top_k=0)),
-    (1.0, 5, dict(temperature=1.0, top_k=0)),
+    (1.0, 0, {"temperature": 0.7, "top_k": 0}),
+    (0.7, 0, {"temperature": 1.0, "top_k": 0}),
+    (1.0, 5, {"temperature": 1.0, "top_k": 0}),
 ])
 def test_first_token_frequencies_match_softmax(temperature, top_k, wrong):
     """4000 draws of the first response token for one prompt: Pearson's chi-square against
@@ -250,7 +262,7 @@ def test_float64_generation_logprobs_match_forward_to_1e_10():
 def test_generate_equals_generate_without_cache(temperature, top_k):
     params = with_eos_bias(make_params(13), 1.5)
     prompt, pmask = prompt_batch(PROMPTS * 2)
-    kw = dict(cfg=CFG, max_new_tokens=8, temperature=temperature, top_k=top_k)
+    kw = {"cfg": CFG, "max_new_tokens": 8, "temperature": temperature, "top_k": top_k}
     a = generate(params, prompt, pmask, jax.random.PRNGKey(14), **kw)
     b = generate_without_cache(params, prompt, pmask, jax.random.PRNGKey(14), **kw)
     for name in ("tokens", "attention_mask", "response_mask"):
@@ -262,3 +274,103 @@ def test_too_long_generation_raises_value_error():
     prompt, pmask = prompt_batch()
     with pytest.raises(ValueError, match="max_len=16"):
         generate(make_params(15), prompt, pmask, jax.random.PRNGKey(0), cfg=CFG, max_new_tokens=12)
+
+
+# ----------------------------------------------------------------------------- noise drawn up front
+
+@pytest.mark.parametrize("key,counter,expected", [
+    ((0x00000000, 0x00000000), (0x00000000, 0x00000000), (0x6B200159, 0x99BA4EFE)),
+    ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
+    ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0)),
+])
+def test_threefry2x32_known_answers(key, counter, expected):
+    """Threefry-2x32 (20 rounds) against the known-answer vectors published with Random123
+    (Salmon et al. 2011, kat_vectors: threefry2x32_20)."""
+    out = threefry2x32(np.uint32(key[0]), np.uint32(key[1]),
+                       jnp.uint32(counter[0]), jnp.uint32(counter[1]))
+    assert [int(x) for x in out] == list(expected)
+
+
+@pytest.mark.parametrize("shape", [(3,), (4, 7), (33, 40), (2, 3, 5)])
+def test_gumbel_noise_is_jax_random_gumbel_bit_for_bit(shape):
+    """`gumbel_noise` (the Threefry hash written out) draws exactly jax.random.gumbel's floats,
+    jitted and under vmap over keys, so the Gumbel-max tokens are jax.random.categorical's."""
+    keys = jax.random.split(jax.random.PRNGKey(21), 5)
+    draw = jax.jit(jax.vmap(lambda k: gumbel_noise(k, shape)))(keys)
+    for k, g in zip(keys, draw):
+        np.testing.assert_array_equal(g, jax.random.gumbel(k, shape, jnp.float32))
+    with jax.enable_x64(True):                       # other dtypes go through jax.random.gumbel
+        k = jax.random.PRNGKey(22)
+        np.testing.assert_array_equal(gumbel_noise(k, shape, jnp.float64),
+                                      jax.random.gumbel(k, shape, jnp.float64))
+
+
+def test_step_keys_are_the_split_chain():
+    """step_keys(key, n)[i] is the `sub` of the i-th `key, sub = jax.random.split(key)`."""
+    key, subs = jax.random.PRNGKey(23), []
+    for _ in range(6):
+        key, sub = jax.random.split(key)
+        subs.append(sub)
+    np.testing.assert_array_equal(step_keys(jax.random.PRNGKey(23), 6), np.stack(subs))
+
+
+def test_first_argmax_is_argmax_with_ties_and_minus_inf():
+    """The first index of the row maximum, as jnp.argmax: ties, -inf (top-k masked) entries,
+    an all-equal row."""
+    rng = np.random.default_rng(24)
+    z = rng.integers(0, 4, (64, 9)).astype(np.float32)              # many ties
+    z[rng.random(z.shape) < 0.3] = -np.inf
+    z[0] = 1.0
+    z[1, :] = -np.inf
+    z[1, 5] = -3.0
+    np.testing.assert_array_equal(first_argmax(jnp.asarray(z)), np.argmax(z, axis=-1))
+
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.7, 4)])
+def test_generate_draws_what_per_step_categorical_draws(temperature, top_k):
+    """An independent loop through `decode_step` on the stacked parameters, drawing each token
+    with jax.random.categorical inside the loop (key, sub = split(key) per step), gives the
+    tokens and log-probs `generate` gives with its noise drawn before the loop."""
+    params = make_params(25)
+    prompt, pmask = prompt_batch(PROMPTS * 4)
+    N, P = 8, 5
+    gen = generate(params, prompt, pmask, jax.random.PRNGKey(26), cfg=CFG, max_new_tokens=N,
+                   temperature=temperature, top_k=top_k)
+
+    out = forward(params, prompt, pmask, CFG)
+    cache, logits = prefill_cache(out.kv, N), out.logits[:, -1]
+    key_mask = np.pad(np.asarray(pmask), ((0, 0), (0, N)))
+    pos = np.asarray(model.positions_from_mask(pmask))[:, -1] + 1
+    step = jax.jit(decode_step, static_argnames="cfg")
+    key, toks, logps = jax.random.PRNGKey(26), [], []
+    for i in range(N):
+        key, sub = jax.random.split(key)
+        z = logits / temperature                                            # [B, V] float32
+        if top_k:
+            z = jnp.where(z < jnp.sort(z, axis=-1)[:, -top_k, None], -jnp.inf, z)
+        tok = np.asarray(jax.random.categorical(sub, jax.nn.log_softmax(z, axis=-1), axis=-1))
+        toks.append(tok)
+        logps.append(np_log_softmax(z)[np.arange(len(tok)), tok])
+        key_mask[:, P + i] = 1
+        logits, _, cache = step(params, jnp.asarray(tok), jnp.asarray(pos + i), P + i, cache,
+                                jnp.asarray(key_mask), cfg=CFG)
+    assert_layout(gen, P, N)
+    resp = np.asarray(gen.response_mask)[:, P:].astype(bool)
+    np.testing.assert_array_equal(np.asarray(gen.tokens)[:, P:][resp], np.stack(toks, 1)[resp])
+    np.testing.assert_allclose(np.asarray(gen.logprobs)[:, P:][resp], np.stack(logps, 1)[resp],
+                               atol=2e-5)
+
+
+def test_decode_params_layout_gives_the_same_step():
+    """decode_step on `decode_params` (per-layer blocks, W_te^T) = decode_step on the stacked
+    parameters: logits, hidden state and cache."""
+    params = make_params(27)
+    prompt, pmask = prompt_batch()
+    out = forward(params, prompt, pmask, CFG)
+    cache = prefill_cache(out.kv, 3)
+    mask = jnp.pad(pmask, ((0, 0), (0, 3))).at[:, 5].set(1)
+    args = (jnp.array([3, 4, 5, 6]), jnp.array([5, 3, 2, 4]), 5, cache, mask)
+    a = decode_step(params, *args, cfg=CFG)
+    b = decode_step(decode_params(params), *args, cfg=CFG)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
