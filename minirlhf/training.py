@@ -61,14 +61,43 @@ class TrainState(NamedTuple):
     step: jax.Array       # scalar int32
 
 
-def make_optimizer(lr: float, total_steps: int, warmup_steps: int = 20, weight_decay: float = 0.0,
-                   max_grad_norm: float = 1.0) -> optax.GradientTransformation:
-    """AdamW (Loshchilov & Hutter 2019) with linear warmup, cosine decay to 10% and global-norm clipping."""
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, lr, warmup_steps=min(warmup_steps, max(total_steps - 1, 1)),
-        decay_steps=max(total_steps, 2), end_value=0.1 * lr)
+def warmup_cosine(count, peak_lr, warmup_steps, decay_steps):
+    """Linear warmup from 0 to peak_lr over warmup_steps, then cosine decay to 0.1 peak_lr at
+    decay_steps (Loshchilov & Hutter 2017's cosine, without restarts), constant after:
+
+        lr(t) = peak_lr t / w                                               t < w
+        lr(t) = peak_lr (0.1 + 0.9 (1 + cos(pi min(t - w, D - w) / (D - w))) / 2)    t >= w
+
+    All arguments may be traced: the schedule's numbers are inputs of a compiled step, not
+    constants baked into it (`make_optimizer`)."""
+    t = jnp.asarray(count, jnp.float32)
+    w = jnp.asarray(warmup_steps, jnp.float32)
+    span = jnp.asarray(decay_steps, jnp.float32) - w                          # D - w >= 1
+    warm = peak_lr * t / jnp.maximum(w, 1.0)
+    cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(t - w, span) / span))
+    return jnp.where(t < w, warm, peak_lr * (0.1 + 0.9 * cosine))
+
+
+@optax.inject_hyperparams
+def _adamw_warmup_cosine(peak_lr, warmup_steps, decay_steps, weight_decay, max_grad_norm):
+    schedule = partial(warmup_cosine, peak_lr=peak_lr, warmup_steps=warmup_steps,
+                       decay_steps=decay_steps)
     return optax.chain(optax.clip_by_global_norm(max_grad_norm),
                        optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=weight_decay))
+
+
+def make_optimizer(lr: float, total_steps: int, warmup_steps: int = 20, weight_decay: float = 0.0,
+                   max_grad_norm: float = 1.0) -> optax.GradientTransformation:
+    """AdamW (Loshchilov & Hutter 2019) with linear warmup, cosine decay to 10% (`warmup_cosine`)
+    and global-norm clipping.
+
+    The hyperparameters are held in the optimizer state (`optax.inject_hyperparams`), so they are
+    inputs of the compiled train step: runs that differ only in learning rate, length or weight
+    decay (lesson 02's pretraining and lesson 03's SFT) run one compiled program."""
+    return _adamw_warmup_cosine(
+        peak_lr=float(lr), warmup_steps=min(warmup_steps, max(total_steps - 1, 1)),
+        decay_steps=max(total_steps, 2), weight_decay=float(weight_decay),
+        max_grad_norm=float(max_grad_norm))
 
 
 def init_train_state(params, optimizer) -> TrainState:
