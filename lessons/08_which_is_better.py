@@ -231,6 +231,8 @@ plt.close(fig)
 # placement). "grpo-gold" is GRPO given the verifiable reward instead (1 for the right capital
 # and no other, else 0): it sees the gold accuracy itself, so it shows what the optimiser
 # reaches when the reward is exact rather than how a method uses the preference data.
+# DPO's seed-0 run is lesson 06's run (same pi_ref, pairs, config and seed): its checkpoint is
+# loaded, not trained again, so DPO's time_s averages the seeds trained here.
 
 # %%
 CAP_CFG = CapitalsCompareConfig.smoke() if SMOKE else CapitalsCompareConfig()

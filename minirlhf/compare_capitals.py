@@ -15,7 +15,11 @@ and of the evaluation samples), timed on this machine, then measured by
   best-of-n policy has no tractable log-prob; the bound is exact for continuous rewards).
 
 The transformer runs do not vmap over seeds (each one is a Python loop of jitted steps with
-host-side decoding); the seeds run one after another.
+host-side decoding); the seeds run one after another.  DPO for seed 0 with lesson 06's config is
+lesson 06's own run (same pi_ref, pairs, config and seed): its checkpoint is loaded
+(`dpo_train.ensure_dpo_policy`, trained if missing) rather than trained again, and its time_s
+is NaN (markdown_table averages the seeds that trained here).  The pair arrays are cut to the
+last column any pair uses (`trim_padding`): the right padding changes no log-prob.
 """
 
 from __future__ import annotations
@@ -52,13 +56,14 @@ class CapitalsCompareConfig:
     """Temperature-1 answers per prompt for the gold accuracy and the KL estimate."""
     bon_n: int = 8
     """n of best-of-n (samples from pi_ref = SFT, pick the highest reward-model score)."""
-    ppo: ppo_train.PPOConfig = ppo_train.PPOConfig(n_iterations=20, ptx_coef=0.0)   # plain PPO vs plain DPO
+    ppo: ppo_train.PPOConfig = dataclasses.field(   # plain PPO vs plain DPO: no ptx term
+        default_factory=lambda: ppo_train.PPOConfig(n_iterations=20, ptx_coef=0.0))
     """PPO run (reduced from lesson 05's default to fit lesson 08's time budget)."""
     grpo: grpo_train.GRPOConfig = dataclasses.field(
         default_factory=lambda: grpo_train.GRPOConfig(n_iterations=20))
     """GRPO / RLOO runs (grpo_train's default with 20 iterations, like the PPO run here and
     lesson 07's runs); each row of GRPO_ROWS sets its estimator, reward and KL placement."""
-    dpo: dpo_train.DPOConfig = dpo_train.DPOConfig()
+    dpo: dpo_train.DPOConfig = dataclasses.field(default_factory=dpo_train.DPOConfig)
     """DPO run (lesson 06's default); IPO uses the same with loss_type="ipo"."""
 
     @classmethod
@@ -71,6 +76,26 @@ class CapitalsCompareConfig:
 def _evaluate(params, ref_params, model_cfg, tok, splits, key, n_eval) -> dict:
     out = evaluate_policy(params, ref_params, model_cfg, tok, splits, key, n_eval)
     return {**{f"acc/{s}": out[s]["gold/accuracy"] for s in SPLITS}, "kl": out["train"]["kl"]}
+
+
+def trim_padding(arrays: dict) -> dict:
+    """Right-padded pair arrays ({name: [N, T]}, encode_pairs) cut to the last column any
+    attention mask uses: a causal model's log-probs of the tokens before it do not depend on
+    the columns after it, and the masks exclude those columns from every loss."""
+    used = max(int(np.nonzero(v.any(0))[0].max()) for k, v in arrays.items()
+               if k.endswith("attention_mask")) + 1
+    return {k: v[:, :used] for k, v in arrays.items()}
+
+
+def lesson06_dpo(smoke: bool, cfg: CapitalsCompareConfig, seed: int):
+    """The policy of lesson 06's DPO run when the DPO row of `seed` is that run (seed 0: the
+    same pi_ref, pairs and config), else None."""
+    default = dpo_train.DPOConfig.smoke() if smoke else dpo_train.DPOConfig()
+    mine = dataclasses.replace(cfg.dpo, seed=seed, loss_type="dpo")
+    if seed != 0 or mine != dataclasses.replace(default, seed=seed):
+        return None
+    params, _ = dpo_train.ensure_dpo_policy(smoke, seed)
+    return params
 
 
 def best_of_n_accuracy(params, rm_params, model_cfg, tok, prompts, key, n: int, n_eval: int):
@@ -92,8 +117,8 @@ def capitals_table(smoke: bool, cfg: CapitalsCompareConfig, quiet: bool = True) 
     tok, (sft_params, model_cfg) = ensure_tokenizer(smoke), ensure_sft_model(smoke)
     rm_params, _ = ensure_reward_model(smoke)
     splits = {s: split_prompts(s) for s in SPLITS}
-    arrays = dpo_train.with_reference_logps(
-        dpo_train.load_pair_arrays(tok, ensure_preferences(smoke)["train"], model_cfg),
+    arrays = dpo_train.with_reference_logps(trim_padding(
+        dpo_train.load_pair_arrays(tok, ensure_preferences(smoke)["train"], model_cfg)),
         sft_params, model_cfg)
     rows: dict = {}
 
@@ -127,20 +152,29 @@ def capitals_table(smoke: bool, cfg: CapitalsCompareConfig, quiet: bool = True) 
                          "time_s": elapsed})
         for loss_type in ("dpo", "ipo"):
             t0 = time.perf_counter()
-            params, _ = dpo_train.train_dpo(
-                sft_params, arrays, model_cfg,
-                dataclasses.replace(cfg.dpo, seed=seed, loss_type=loss_type), quiet=quiet)
-            elapsed = time.perf_counter() - t0
+            params = lesson06_dpo(smoke, cfg, seed) if loss_type == "dpo" else None
+            if params is None:
+                params, _ = dpo_train.train_dpo(
+                    sft_params, arrays, model_cfg,
+                    dataclasses.replace(cfg.dpo, seed=seed, loss_type=loss_type), quiet=quiet)
+                elapsed = time.perf_counter() - t0
+            else:
+                elapsed = float("nan")   # trained in lesson 06
             add(loss_type, {**_evaluate(params, sft_params, model_cfg, tok, splits, key,
                                         cfg.n_eval), "time_s": elapsed})
     return {m: {k: np.array(v) for k, v in cols.items()} for m, cols in rows.items()}
 
 
 def markdown_table(rows: dict) -> str:
-    """A markdown table of mean ± std over seeds for each method and column."""
+    """A markdown table of mean ± std over seeds for each method and column (NaN entries,
+    e.g. the time of a run loaded from its lesson, left out; "n/a" if all are NaN)."""
+    def cell(x):
+        x = x[~np.isnan(x)]
+        return f"{x.mean():.3f} ± {x.std():.3f}" if x.size else "n/a"
+
     head = "| method | " + " | ".join(COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
     for method, cols in rows.items():
-        cells = [f"{cols[c].mean():.3f} ± {cols[c].std():.3f}" for c in COLUMNS]
+        cells = [cell(np.asarray(cols[c], float)) for c in COLUMNS]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
