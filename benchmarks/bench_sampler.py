@@ -8,7 +8,9 @@ The shape every lesson samples at: the default 4x128 GPT (GPTConfig()), a 16-tok
 so every call computes B * 48 decode steps, whatever is sampled.
 Compile time (first call minus the fastest call) is printed separately from the steady rate:
 tokens/s = B * 48 / (fastest of `--repeats` calls after the first: on a CPU shared with other
-processes the fastest call is the one least slowed by them).  The reference shape for
+processes the fastest call is the one least slowed by them).  Each line also gives the
+process's CPU seconds per call (median over the repeats, all threads): the work done, which
+other processes on the cores slow down far less than the wall-clock time.  The reference shape for
 PyTorch is a GPT2LMHeadModel of the same size with `generate(do_sample=True,
 max_new_tokens=48, min_new_tokens=48)`; `--torch` times it instead (run this script with an
 interpreter that has torch and transformers, e.g. a separate venv: the package never needs
@@ -18,6 +20,7 @@ them, and this mode imports neither jax nor minirlhf).
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 PROMPT, NEW = 16, 48
@@ -44,14 +47,16 @@ def bench_jax(batch: int, repeats: int) -> dict:
     start = time.perf_counter()
     call(0)
     first_s = time.perf_counter() - start
-    times = []
+    times, cpu = [], []
     for i in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         gen = call(i + 1)
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - cpu_start)
     steady = min(times)
     return {"batch": batch, "compile_s": first_s - steady, "steady_s": steady,
-            "tokens_per_s": batch * NEW / steady, "response_tokens": int(gen.response_mask.sum())}
+            "cpu_s": statistics.median(cpu), "tokens_per_s": batch * NEW / steady,
+            "response_tokens": int(gen.response_mask.sum())}
 
 
 def bench_torch(batch: int, repeats: int, threads: int | None) -> dict:
@@ -74,14 +79,15 @@ def bench_torch(batch: int, repeats: int, threads: int | None) -> dict:
                                   min_new_tokens=NEW)
 
     call()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         call()
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - cpu_start)
     steady = min(times)
-    return {"batch": batch, "steady_s": steady, "tokens_per_s": batch * NEW / steady,
-            "threads": torch.get_num_threads()}
+    return {"batch": batch, "steady_s": steady, "cpu_s": statistics.median(cpu),
+            "tokens_per_s": batch * NEW / steady, "threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -97,11 +103,13 @@ def main() -> None:
         if args.torch:
             r = bench_torch(batch, args.repeats, args.threads)
             print(f"torch generate  B={batch:<3} {r['tokens_per_s']:8.0f} tokens/s  "
-                  f"({r['steady_s'] * 1e3:.1f} ms/call, {r['threads']} threads)", flush=True)
+                  f"({r['steady_s'] * 1e3:.1f} ms/call, {r['cpu_s'] * 1e3:.1f} CPU ms/call, "
+                  f"{r['threads']} threads)", flush=True)
         else:
             r = bench_jax(batch, args.repeats)
             print(f"minirlhf generate  B={batch:<3} {r['tokens_per_s']:8.0f} tokens/s  "
-                  f"({r['steady_s'] * 1e3:.1f} ms/call; compile {r['compile_s']:.2f} s; "
+                  f"({r['steady_s'] * 1e3:.1f} ms/call, {r['cpu_s'] * 1e3:.1f} CPU ms/call; "
+                  f"compile {r['compile_s']:.2f} s; "
                   f"{r['response_tokens']} response tokens)", flush=True)
 
 

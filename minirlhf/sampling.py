@@ -155,7 +155,7 @@ def prefill_cache(kv, max_new_tokens: int):
     Head-major puts one head's keys for all S columns in one contiguous [S, Dh] slab, so a decode
     step's q.k and weights.v are plain batched matrix-vector products over contiguous memory.
     One array per layer (not one stacked [L, ...] array) lets each layer's attention read its
-    cache without slicing a copy out of the stack.  benchmarks/bench_sampler.py measures both.
+    cache without slicing a copy out of the stack.
     """
     pad = ((0, 0), (0, 0), (0, max_new_tokens), (0, 0))
     to_cache = lambda x: tuple(jnp.pad(x_l.transpose(0, 2, 1, 3), pad) for x_l in x)
