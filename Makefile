@@ -27,10 +27,11 @@ lessons: $(STAMP)
 	done
 
 ## The whole test suite (includes every lesson in --smoke mode), on TEST_WORKERS processes
-## (pytest-xdist; --dist loadfile keeps each test file, e.g. the chained smoke lessons, on one).
+## (pytest-xdist; --dist loadfile keeps each test file, e.g. the chained smoke lessons, on one;
+## --no-loadscope-reorder hands the files out heaviest first, the order tests/conftest.py collects).
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	MPLBACKEND=Agg $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	MPLBACKEND=Agg $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 ## The course as a static book: every lesson executed as a notebook, one page each, with its
 ## output and figures in place -> runs/book/index.html (works offline).  SMOKE=1 builds from the

@@ -18,6 +18,13 @@ unchanged; float32 results may differ in the last bits from the default level's,
 compares two separately compiled programs bit for bit.  A level already in XLA_FLAGS wins.  The
 lessons and benchmarks (`make lessons`, `benchmarks/`) compile at the default level, where run
 time matters.
+
+And: the files run heaviest first.  `make test` hands whole files to two workers (pytest-xdist,
+--dist loadfile --no-loadscope-reorder: in collection order), so the run ends when the worker
+that got the last heavy file finishes it.  Collected heaviest first (longest-processing-time
+first), the smoke book (test_lessons.py, about a quarter of the suite's CPU time, in a subprocess)
+starts at once on one worker while the other works through the next heaviest files, and the
+light files fill in at the end on whichever worker is free.
 """
 
 import os
@@ -38,6 +45,19 @@ if TEST_XLA_FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):   # read 
 for _name, _default in JAX_CACHE_SETTINGS.items():   # an environment variable set by the user wins
     _value = os.environ.setdefault(_name.upper(), str(_default))  # seen by the lesson subprocesses
     jax.config.update(_name, type(_default)(_value))               # and by this process
+
+
+# heaviest first (CPU-seconds of a cold run); files not listed are light and follow in name order
+HEAVY_FILES = ("test_lessons.py", "test_ppo_train.py", "test_dpo_train.py", "test_grpo_train.py",
+               "test_model.py", "test_distributed.py", "test_sampling.py", "test_tabular.py",
+               "test_reward.py", "test_exact_grpo.py", "test_robustness.py", "test_trainable.py",
+               "test_ppo_math.py", "test_compare.py", "test_grpo_math.py", "test_precision.py")
+
+
+def pytest_collection_modifyitems(items):
+    """Order the files heaviest first (stable: tests keep their order within a file)."""
+    rank = {name: i for i, name in enumerate(HEAVY_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(HEAVY_FILES)))
 
 
 @pytest.fixture(scope="session")
