@@ -20,7 +20,8 @@ body shows; benchmarks/bench_sampler.py measures the sampler):
     argmax(logp + g) with g = `jax.random.gumbel(key, logp.shape)` (the Gumbel-max trick).  The N
     per-step keys are the same chain of `key, sub = split(key)` as a per-step draw would use, so
     `gumbel_noise` draws all steps' g [N, B, V] in one vectorised pass and step i only adds g[i]:
-    the same tokens as drawing inside the loop.  The draw is Threefry-2x32 written out
+    the same tokens as drawing inside the loop (g takes N * B * V floats: as much memory as the
+    logits of one forward pass over the B responses).  The draw is Threefry-2x32 written out
     (`threefry2x32`), bit for bit `jax.random.gumbel`'s: XLA fuses it into one loop, where
     jax's CPU lowering runs its rounds as a rolled loop over whole arrays.
   * The per-layer weights are sliced out of the stacked [L, ...] arrays and W_te is transposed
