@@ -128,7 +128,7 @@ for r in records["train"][:4]:
 #
 # **The loss on five hand-made pairs.**  Before the transformer: the package's
 # `bradley_terry_loss` and its `jax.grad` on five pairs of made-up rewards, beside the same numbers
-# from the equation in plain `jnp`.  With m_i = r_w,i - r_l,i and B pairs,
+# from the equation in plain NumPy.  With m_i = r_w,i - r_l,i and B pairs,
 #
 #     L = -(1/B) sum_i log sigma(m_i),    dL/dr_w,i = -sigma(-m_i) / B,    dL/dr_l,i = +sigma(-m_i) / B:
 #
@@ -136,14 +136,15 @@ for r in records["train"][:4]:
 # being the other way round.
 
 # %%
-sigmoid = lambda z: 1 / (1 + jnp.exp(-z))
-r_w = jnp.array([1.0, 0.5, -0.2, 2.0, 0.3])     # r_phi(x, y_w) of five hand-made pairs  [B]
-r_l = jnp.array([0.0, 0.8, -1.0, -1.0, 0.3])    # r_phi(x, y_l)                          [B]
+sigmoid = lambda z: 1 / (1 + np.exp(-z))
+r_w = np.array([1.0, 0.5, -0.2, 2.0, 0.3])      # r_phi(x, y_w) of five hand-made pairs  [B]
+r_l = np.array([0.0, 0.8, -1.0, -1.0, 0.3])     # r_phi(x, y_l)                          [B]
 bt = lambda a, b: bradley_terry_loss(a, b)[0]
 m = r_w - r_l                                     # [B]
 print(f"{'':<8}{'package':>10}{'by hand':>10}")
-print(f"{'loss':<8}{float(bt(r_w, r_l)):>10.4f}{float(-jnp.mean(jnp.log(sigmoid(m)))):>10.4f}")
-g_w, g_l = jax.grad(bt, argnums=(0, 1))(r_w, r_l)
+r_w32, r_l32 = jnp.asarray(r_w, jnp.float32), jnp.asarray(r_l, jnp.float32)
+print(f"{'loss':<8}{float(bt(r_w32, r_l32)):>10.4f}{float(-np.mean(np.log(sigmoid(m)))):>10.4f}")
+g_w, g_l = np.asarray(jax.grad(bt, argnums=(0, 1))(r_w32, r_l32))
 print(f"{'pair':>4}{'m_i':>7}{'dL/dr_w package':>17}{'by hand':>9}{'dL/dr_l package':>17}{'by hand':>9}")
 for i in range(len(m)):
     print(f"{i:>4}{float(m[i]):>7.2f}{float(g_w[i]):>17.4f}{float(-sigmoid(-m[i]) / len(m)):>9.4f}"
@@ -155,13 +156,15 @@ for i in range(len(m)):
 # loop over them, each adding -sigma(-(r_i - r_j)) / |C| to dL/dr_i and the opposite to dL/dr_j.
 
 # %%
-group_r = jnp.array([[0.4, 0.9, -0.3]])                        # r_phi of the K = 3 answers  [G=1, K]
-wins = jnp.array([[[0, 1, 1], [0, 0, 1], [0, 0, 0]]], jnp.float32)   # W_ij = 1: y_i beat y_j  [1, K, K]
-loss_g, grad_g = jax.value_and_grad(lambda r: grouped_bradley_terry_loss(r, wins)[0])(group_r)
+group_r = np.array([[0.4, 0.9, -0.3]])                         # r_phi of the K = 3 answers  [G=1, K]
+wins = np.array([[[0, 1, 1], [0, 0, 1], [0, 0, 0]]], np.float32)     # W_ij = 1: y_i beat y_j  [1, K, K]
+loss_g, grad_g = jax.value_and_grad(lambda r: grouped_bradley_terry_loss(r, jnp.asarray(wins))[0])(
+    jnp.asarray(group_r, jnp.float32))
+grad_g = np.asarray(grad_g)
 loss_h, grad_h = 0.0, [0.0, 0.0, 0.0]
 comparisons = [(0, 1), (0, 2), (1, 2)]
 for i, j in comparisons:
-    loss_h += -jnp.log(sigmoid(group_r[0, i] - group_r[0, j])) / len(comparisons)
+    loss_h += -np.log(sigmoid(group_r[0, i] - group_r[0, j])) / len(comparisons)
     grad_h[i] += -sigmoid(-(group_r[0, i] - group_r[0, j])) / len(comparisons)
     grad_h[j] += sigmoid(-(group_r[0, i] - group_r[0, j])) / len(comparisons)
 print(f"{'':<10}{'package':>10}{'by hand':>10}")

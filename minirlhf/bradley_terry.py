@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 
+@jax.jit
 def bradley_terry_loss(chosen_rewards: jax.Array, rejected_rewards: jax.Array):
     """Negative log-likelihood of the Bradley-Terry model (InstructGPT eq. 1).
 
@@ -51,6 +52,7 @@ def bradley_terry_loss(chosen_rewards: jax.Array, rejected_rewards: jax.Array):
     return loss, metrics
 
 
+@jax.jit
 def grouped_bradley_terry_loss(rewards: jax.Array, wins: jax.Array):
     """Bradley-Terry NLL over groups of K responses to one prompt, every comparison inside a
     group counted once (InstructGPT sec. 3.5 and eq. 1: labellers rank K = 4..9 responses, the

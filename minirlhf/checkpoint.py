@@ -94,7 +94,7 @@ def load_checkpoint(path):
     except (TypeError, json.JSONDecodeError) as e:
         raise ValueError(f"checkpoint {path}: field 'meta' is not a JSON string ({e})") from None
     _check_leaves(path, doc["params"])
-    params = jax.tree_util.tree_map(jax.numpy.asarray, doc["params"])
+    params = jax.device_put(doc["params"])            # a transfer per leaf, no device program
     _check_gpt_shapes(path, params, cfg)
     return params, cfg, meta
 

@@ -39,9 +39,11 @@ class Samples(NamedTuple):
 CHUNK_ROWS = 64   # the sampler's batch size for every evaluation (one compiled program)
 
 
-def pad_rows(x, n_rows: int):
-    """x [B, ...] -> [n_rows, ...], the extra rows copies of the last one (a real prompt)."""
-    return jnp.pad(x, ((0, n_rows - x.shape[0]),) + ((0, 0),) * (x.ndim - 1), mode="edge")
+def pad_rows(x, n_rows: int) -> np.ndarray:
+    """x [B, ...] -> [n_rows, ...] (host numpy), the extra rows copies of the last one (a real
+    prompt)."""
+    x = np.asarray(x)
+    return np.pad(x, ((0, n_rows - x.shape[0]),) + ((0, 0),) * (x.ndim - 1), mode="edge")
 
 
 def in_chunks(fn, arrays, key=None):
@@ -50,7 +52,8 @@ def in_chunks(fn, arrays, key=None):
 
     Every evaluation then runs one compiled program whatever its number of rows (B = 64 is also
     where the CPU sampler's tokens/s levels off: benchmarks/bench_sampler.py).  Chunk i gets the
-    key fold_in(key, i).
+    key fold_in(key, i).  Padding, slicing and concatenation are host-side numpy (the outputs
+    are numpy arrays): the only device programs are fn's.
     """
     B = arrays[0].shape[0]
     padded = [pad_rows(x, -(-B // CHUNK_ROWS) * CHUNK_ROWS) for x in arrays]
@@ -59,7 +62,8 @@ def in_chunks(fn, arrays, key=None):
         chunk = [x[i:i + CHUNK_ROWS] for x in padded]
         keys = [] if key is None else [jax.random.fold_in(key, i // CHUNK_ROWS)]
         outs.append(fn(*chunk, *keys))
-    return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs)[:B], *outs)
+    outs = jax.device_get(outs)                       # after every chunk is dispatched
+    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs)[:B], *outs)
 
 
 def sample_answers(params, cfg: GPTConfig, tok: Tokenizer, prompts: Sequence[str], key: jax.Array,
@@ -115,7 +119,7 @@ def evaluate_policy(params, ref_params, model_cfg: GPTConfig, tok: Tokenizer, sp
         samples = sample_answers(params, model_cfg, tok, splits[name], key_i, n)
         kl = in_chunks(lambda *g: sequence_kl(ref_params, Generation(*g), model_cfg),
                        list(samples.generation))                              # one program
-        out[name] = {**gold_metrics(samples), "kl": float(jnp.mean(kl))}
+        out[name] = {**gold_metrics(samples), "kl": float(np.mean(kl, dtype=np.float64))}
     return out
 
 
