@@ -61,21 +61,27 @@ class TrainState(NamedTuple):
     step: jax.Array       # scalar int32
 
 
-def warmup_cosine(count, peak_lr, warmup_steps, decay_steps):
-    """Linear warmup from 0 to peak_lr over warmup_steps, then cosine decay to 0.1 peak_lr at
-    decay_steps (Loshchilov & Hutter 2017's cosine, without restarts), constant after:
+def warmup_cosine(count, peak_lr, warmup_steps, decay_steps, end_fraction: float = 0.1):
+    """Linear warmup from 0 to peak_lr over w = warmup_steps, then cosine decay to
+    end_fraction * peak_lr at D = decay_steps (Loshchilov & Hutter 2017's cosine, no restarts),
+    constant after; a = end_fraction:
 
-        lr(t) = peak_lr t / w                                               t < w
-        lr(t) = peak_lr (0.1 + 0.9 (1 + cos(pi min(t - w, D - w) / (D - w))) / 2)    t >= w
+        lr(t) = peak_lr t / w                                                        t < w
+        lr(t) = peak_lr ((1 - a) (1 + cos(pi min(t - w, D - w) / (D - w))) / 2 + a)     t >= w
 
-    All arguments may be traced: the schedule's numbers are inputs of a compiled step, not
-    constants baked into it (`make_optimizer`)."""
-    t = jnp.asarray(count, jnp.float32)
+    Every argument may be traced: the schedule's numbers are inputs of a compiled step, not
+    constants baked into it (`make_optimizer`).  The float32 numbers are those of
+    optax.warmup_cosine_decay_schedule compiled with constant arguments, because the operations
+    are the ones XLA makes of optax's when its arguments are constants: x * (1 / n) for x / n,
+    and pi t / n regrouped as t * (pi * (1 / n)) (tests/test_schedule.py checks them bit for
+    bit), so moving the numbers into the optimizer state changes no training run."""
     w = jnp.asarray(warmup_steps, jnp.float32)
-    span = jnp.asarray(decay_steps, jnp.float32) - w                          # D - w >= 1
-    warm = peak_lr * t / jnp.maximum(w, 1.0)
-    cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(t - w, span) / span))
-    return jnp.where(t < w, warm, peak_lr * (0.1 + 0.9 * cosine))
+    span = jnp.asarray(decay_steps - warmup_steps, jnp.float32)                  # D - w >= 1
+    warm = (0.0 - peak_lr) * (1 - jnp.clip(count, 0, warmup_steps) * (1.0 / w)) + peak_lr
+    t = jnp.minimum(count - warmup_steps, decay_steps - warmup_steps)
+    cosine = 0.5 * (1 + jnp.cos(t * (jnp.pi * (1.0 / span))))
+    decayed = peak_lr * ((1 - end_fraction) * cosine + end_fraction)
+    return jnp.where(count < warmup_steps, warm, decayed)
 
 
 @optax.inject_hyperparams

@@ -4,6 +4,7 @@ as inputs of the compiled step (runs differing only in them compile one program)
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -28,6 +29,22 @@ def test_warmup_cosine_is_the_equation(peak, w, total):
         assert got == pytest.approx(schedule_by_hand(t, peak, w, total), rel=1e-5, abs=1e-12)
         reference = optax.warmup_cosine_decay_schedule(0.0, peak, w, total, end_value=0.1 * peak)
         assert got == pytest.approx(float(reference(t)), rel=1e-5, abs=1e-12)
+
+
+@pytest.mark.parametrize(("peak", "w", "total"), [(3e-3, 20, 500), (1e-3, 20, 150), (1e-3, 1, 10)])
+def test_traced_schedule_is_optax_bit_for_bit(peak, w, total):
+    """Compiled with traced numbers, the same float32 values as optax's schedule compiled with
+    constant ones: moving the numbers into the optimizer state changes no training run."""
+    counts = jnp.arange(total + 3, dtype=jnp.int32)
+    reference = optax.warmup_cosine_decay_schedule(0.0, peak, w, total, end_value=0.1 * peak)
+    want = jax.jit(jax.vmap(reference))(counts)
+    got = jax.jit(jax.vmap(warmup_cosine, in_axes=(0, None, None, None)))(
+        counts, jnp.float32(peak), jnp.int32(w), jnp.int32(total))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    scalar_ref, scalar = jax.jit(reference), jax.jit(warmup_cosine)   # as in a train step
+    got = [scalar(c, jnp.float32(peak), jnp.int32(w), jnp.int32(total)) for c in counts]
+    want = [scalar_ref(c) for c in counts]
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_the_optimizer_steps_with_the_schedule():
