@@ -25,7 +25,6 @@ import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -107,8 +106,9 @@ print(f"mean r_phi of these {cfg.batch_size} samples: {float(out0.metrics['objec
 # (`PPOConfig.kl = ppo.KLControllerConfig(adaptive=True, target=..., horizon=...)`).
 
 # %%
-mask0 = np.asarray(out0.response_mask[:1], np.float32)                 # one rollout's response
-rewards = ppo.shape_rewards(np.ones(1, np.float32), np.full_like(mask0, 0.1), mask0, 0.05)
+mask0 = np.asarray(out0.response_mask, np.float32)[:1]                 # one rollout's response
+rewards = jax.jit(ppo.shape_rewards, static_argnames="kl_kind")(
+    np.ones(1, np.float32), np.full_like(mask0, 0.1), mask0, 0.05)
 row = np.asarray(rewards[0])[mask0[0] > 0]
 print("shaped rewards of one response if every log-ratio were 0.1, beta = 0.05, r_phi = 1:")
 print(np.round(row, 3))
@@ -137,7 +137,7 @@ print(np.round(row, 3))
 #
 # **The equations on a 5-token toy.**  Before any training, the package's pure functions run on
 # one hand-made response of 5 tokens, beside the same numbers computed here from the equations
-# with plain `jnp`: GAE as the explicit backwards recursion (gamma = 1, lambda = 0.95, V = 0 after
+# with plain NumPy: GAE as the explicit backwards recursion (gamma = 1, lambda = 0.95, V = 0 after
 # the last token), and the clipped surrogate with its clip fraction (the share of tokens with
 # |rho_t - 1| > eps) and its gradient
 #
@@ -145,35 +145,36 @@ print(np.round(row, 3))
 #                                               clipped one is (n = number of response tokens).
 
 # %%
-toy_rewards = jnp.array([[0.0, -0.1, 0.05, -0.05, 1.0]])   # R_t: -beta k1_t, r_phi on the last  [1, 5]
-toy_values = jnp.array([[0.2, 0.3, 0.1, 0.5, 0.4]])        # V(s_t)                            [1, 5]
-toy_mask = jnp.ones((1, 5))
-adv_pkg, ret_pkg = ppo.gae(toy_rewards, toy_values, toy_mask, gamma=1.0, lam=0.95)
-adv_hand, next_v, next_a = [0.0] * 5, 0.0, 0.0
+toy_rewards = np.array([[0.0, -0.1, 0.05, -0.05, 1.0]])    # R_t: -beta k1_t, r_phi on the last  [1, 5]
+toy_values = np.array([[0.2, 0.3, 0.1, 0.5, 0.4]])         # V(s_t)                            [1, 5]
+toy_mask = np.ones((1, 5))
+adv_pkg, ret_pkg = np.asarray(jax.jit(ppo.gae, static_argnames=("gamma", "lam"))(
+    toy_rewards, toy_values, toy_mask, gamma=1.0, lam=0.95))   # one compiled program, not one per op
+adv_hand, next_v, next_a = np.zeros(5), 0.0, 0.0
 for t in reversed(range(5)):                               # delta_t = R_t + gamma V_{t+1} - V_t
     delta = toy_rewards[0, t] + 1.0 * next_v - toy_values[0, t]
     adv_hand[t] = delta + 1.0 * 0.95 * next_a               # A_t = delta_t + gamma lambda A_{t+1}
     next_v, next_a = toy_values[0, t], adv_hand[t]
-adv_hand = jnp.array(adv_hand)
 print(f"{'t':>3}{'A_t package':>14}{'A_t by hand':>14}{'ret package':>14}{'ret by hand':>14}")
 for t in range(5):
     print(f"{t:>3}{float(adv_pkg[0, t]):>14.5f}{float(adv_hand[t]):>14.5f}"
           f"{float(ret_pkg[0, t]):>14.5f}{float(adv_hand[t] + toy_values[0, t]):>14.5f}")
 
 eps = 0.2
-old_logps = jnp.array([[-1.0, -2.0, -0.5, -1.5, -0.7]])        # log pi_old(y_t)           [1, 5]
-new_logps = old_logps + jnp.array([[0.0, 0.1, 0.3, -0.3, -0.05]])   # log pi_theta(y_t)    [1, 5]
-toy_adv = jnp.array([[1.0, -0.5, 0.8, 0.6, -1.2]])              # hand-made A_t            [1, 5]
-(loss_pkg, m_pkg), grad_pkg = jax.value_and_grad(ppo.policy_loss, has_aux=True)(
-    new_logps, old_logps, toy_adv, toy_mask, eps)
-rho = jnp.exp(new_logps - old_logps)
-unclipped, clipped = -toy_adv * rho, -toy_adv * jnp.clip(rho, 1 - eps, 1 + eps)
-loss_hand = jnp.mean(jnp.maximum(unclipped, clipped))
-grad_hand = jnp.where(unclipped >= clipped, -toy_adv * rho / 5, 0.0)
+old_logps = np.array([[-1.0, -2.0, -0.5, -1.5, -0.7]])         # log pi_old(y_t)           [1, 5]
+new_logps = old_logps + np.array([[0.0, 0.1, 0.3, -0.3, -0.05]])    # log pi_theta(y_t)    [1, 5]
+toy_adv = np.array([[1.0, -0.5, 0.8, 0.6, -1.2]])               # hand-made A_t            [1, 5]
+(loss_pkg, m_pkg), grad_pkg = jax.jit(jax.value_and_grad(ppo.policy_loss, has_aux=True),
+                                      static_argnums=4)(new_logps, old_logps, toy_adv, toy_mask, eps)
+grad_pkg = np.asarray(grad_pkg)
+rho = np.exp(new_logps - old_logps)
+unclipped, clipped = -toy_adv * rho, -toy_adv * np.clip(rho, 1 - eps, 1 + eps)
+loss_hand = np.mean(np.maximum(unclipped, clipped))
+grad_hand = np.where(unclipped >= clipped, -toy_adv * rho / 5, 0.0)
 print(f"\n{'':<18}{'package':>10}{'by hand':>10}")
 print(f"{'clipped surrogate':<18}{float(loss_pkg):>10.4f}{float(loss_hand):>10.4f}")
 print(f"{'clip fraction':<18}{float(m_pkg['policy/clipfrac']):>10.4f}"
-      f"{float(jnp.mean(jnp.abs(rho - 1) > eps)):>10.4f}")
+      f"{float(np.mean(np.abs(rho - 1) > eps)):>10.4f}")
 print(f"{'t':>3}{'rho_t':>8}{'A_t':>7}{'dL/dlogpi package':>20}{'by hand':>10}")
 for t in range(5):
     print(f"{t:>3}{float(rho[0, t]):>8.3f}{float(toy_adv[0, t]):>7.2f}"

@@ -91,7 +91,7 @@ print(dcfg)
 #
 # Before any transformer: the package's pure functions on four pairs of hand-made summed
 # log-probs (beta = 0.1), beside the same numbers computed here from the equations with plain
-# `jnp`.  With h = log pi_theta/pi_ref(y_w) - log pi_theta/pi_ref(y_l) per pair,
+# NumPy.  With h = log pi_theta/pi_ref(y_w) - log pi_theta/pi_ref(y_l) per pair,
 #
 #     implicit rewards      r_w = beta log pi_theta(y_w)/pi_ref(y_w),   r_l likewise
 #     DPO  (eq. 7)          l = -log sigma(beta h)              dl/d log pi_theta(y_w) = -beta sigma(-beta h)
@@ -103,21 +103,35 @@ print(dcfg)
 # one place where the variant is chosen, used by the transformer, the exact world and lesson 08.
 
 # %%
-beta_toy = 0.1
-pc = jnp.array([-5.0, -7.2, -3.1, -9.0])   # log pi_theta(y_w|x), summed over the response [B]
-pr = jnp.array([-6.0, -6.5, -4.0, -8.0])   # log pi_theta(y_l|x)                           [B]
-rc = jnp.array([-5.5, -7.0, -3.6, -9.5])   # log pi_ref(y_w|x)                             [B]
-rr = jnp.array([-5.0, -7.0, -4.0, -9.0])   # log pi_ref(y_l|x)                             [B]
-sigmoid = lambda z: 1 / (1 + jnp.exp(-z))
+beta_toy, eps_toy = 0.1, 0.1
+pc = np.array([-5.0, -7.2, -3.1, -9.0])    # log pi_theta(y_w|x), summed over the response [B]
+pr = np.array([-6.0, -6.5, -4.0, -8.0])    # log pi_theta(y_l|x)                           [B]
+rc = np.array([-5.5, -7.0, -3.6, -9.5])    # log pi_ref(y_w|x)                             [B]
+rr = np.array([-5.0, -7.0, -4.0, -9.0])    # log pi_ref(y_l|x)                             [B]
+sigmoid = lambda z: 1 / (1 + np.exp(-z))
 h_hand = (pc - rc) - (pr - rr)                                             # [B]
-(dpo_pkg, m_pkg), g_dpo = jax.value_and_grad(dpo.dpo_loss, has_aux=True)(pc, pr, rc, rr, beta_toy)
-ipo_pkg, g_ipo = jax.value_and_grad(lambda a: dpo.ipo_loss(a, pr, rc, rr, beta_toy)[0])(pc)
+
+
+@jax.jit
+def package_toy(pc, pr, rc, rr):
+    """The package's numbers on the toy, as one compiled program: DPO and IPO losses with their
+    gradients in log pi_theta(y_w|x), DPO's metrics, and the per-pair losses of each variant."""
+    (dpo_loss, metrics), g_dpo = jax.value_and_grad(dpo.dpo_loss, has_aux=True)(pc, pr, rc, rr, beta_toy)
+    ipo_loss, g_ipo = jax.value_and_grad(lambda a: dpo.ipo_loss(a, pr, rc, rr, beta_toy)[0])(pc)
+    h = dpo.preference_logratios(pc, pr, rc, rr).h
+    per_pair = {"dpo": dpo.preference_losses(h, beta_toy),
+                "cdpo": dpo.preference_losses(h, beta_toy, label_smoothing=eps_toy),
+                "ipo": dpo.preference_losses(h, beta_toy, "ipo")}
+    return dpo_loss, metrics, g_dpo, ipo_loss, g_ipo, per_pair
+
+
+dpo_pkg, m_pkg, g_dpo, ipo_pkg, g_ipo, per_pair_pkg = jax.device_get(package_toy(pc, pr, rc, rr))
 by_hand = {
-    "DPO loss": (dpo_pkg, jnp.mean(-jnp.log(sigmoid(beta_toy * h_hand)))),
-    "IPO loss": (ipo_pkg, jnp.mean((h_hand - 1 / (2 * beta_toy)) ** 2)),
-    "rewards/chosen": (m_pkg["rewards/chosen"], jnp.mean(beta_toy * (pc - rc))),
-    "rewards/rejected": (m_pkg["rewards/rejected"], jnp.mean(beta_toy * (pr - rr))),
-    "rewards/accuracies": (m_pkg["rewards/accuracies"], jnp.mean(beta_toy * (pc - rc) > beta_toy * (pr - rr)))}
+    "DPO loss": (dpo_pkg, np.mean(-np.log(sigmoid(beta_toy * h_hand)))),
+    "IPO loss": (ipo_pkg, np.mean((h_hand - 1 / (2 * beta_toy)) ** 2)),
+    "rewards/chosen": (m_pkg["rewards/chosen"], np.mean(beta_toy * (pc - rc))),
+    "rewards/rejected": (m_pkg["rewards/rejected"], np.mean(beta_toy * (pr - rr))),
+    "rewards/accuracies": (m_pkg["rewards/accuracies"], np.mean(beta_toy * (pc - rc) > beta_toy * (pr - rr)))}
 print(f"{'':<20}{'package':>10}{'by hand':>10}")
 for name, (pkg, hand) in by_hand.items():
     print(f"{name:<20}{float(pkg):>10.4f}{float(hand):>10.4f}")
@@ -126,13 +140,10 @@ for i in range(4):
     print(f"{i:>4}{float(h_hand[i]):>7.2f}{float(g_dpo[i]):>23.4f}"
           f"{float(-beta_toy * sigmoid(-beta_toy * h_hand[i]) / 4):>10.4f}"
           f"{float(g_ipo[i]):>23.4f}{float(2 * (h_hand[i] - 1 / (2 * beta_toy)) / 4):>10.4f}")
-h_pkg = dpo.preference_logratios(pc, pr, rc, rr).h
-eps_toy = 0.1
-per_pair = {"dpo": (dpo.preference_losses(h_pkg, beta_toy), -jnp.log(sigmoid(beta_toy * h_hand))),
-            "cdpo": (dpo.preference_losses(h_pkg, beta_toy, label_smoothing=eps_toy),
-                     -(1 - eps_toy) * jnp.log(sigmoid(beta_toy * h_hand))
-                     - eps_toy * jnp.log(sigmoid(-beta_toy * h_hand))),
-            "ipo": (dpo.preference_losses(h_pkg, beta_toy, "ipo"), (h_hand - 1 / (2 * beta_toy)) ** 2)}
+per_pair = {"dpo": (per_pair_pkg["dpo"], -np.log(sigmoid(beta_toy * h_hand))),
+            "cdpo": (per_pair_pkg["cdpo"], -(1 - eps_toy) * np.log(sigmoid(beta_toy * h_hand))
+                     - eps_toy * np.log(sigmoid(-beta_toy * h_hand))),
+            "ipo": (per_pair_pkg["ipo"], (h_hand - 1 / (2 * beta_toy)) ** 2)}
 print(f"\nper-pair losses (dpo.preference_losses, cDPO eps = {eps_toy}): package | by hand")
 print(f"{'pair':>4}" + "".join(f"{name:>20}" for name in per_pair))
 for i in range(4):

@@ -222,7 +222,7 @@ def train_dpo(params, arrays: dict, cfg: GPTConfig, dcfg: DPOConfig, quiet: bool
         if dcfg.ptx_coef > 0:
             batch = with_ptx_rows(batch, ptx, ptx_rng.integers(0, len(ptx["tokens"]), batch_size))
         state, metrics = step_fn(state, batch)
-        for k, v in metrics.items():
+        for k, v in jax.device_get(metrics).items():
             history.setdefault(k, []).append(float(v))
         check_finite(f"dpo/{dcfg.loss_type}", i, history["loss"][-1])
         progress(i, {k: metrics[k] for k in ("loss", "rewards/margins", "rewards/accuracies")})
@@ -233,11 +233,10 @@ def evaluate_pairs(params, arrays: dict, cfg: GPTConfig, dcfg: DPOConfig) -> dic
     """The loss and TRL metrics of `params` over every pair of `arrays` (e.g. the held-out split):
     rewards/accuracies there = how often the implicit reward ranks y_w above y_l."""
     policy_chosen_logps, policy_rejected_logps = pair_logps(params, arrays, cfg)
-    _, metrics = preference_loss(jnp.asarray(policy_chosen_logps), jnp.asarray(policy_rejected_logps),
-                                 jnp.asarray(arrays["reference_chosen_logps"]),
-                                 jnp.asarray(arrays["reference_rejected_logps"]),
-                                 dcfg.beta, dcfg.loss_type, dcfg.label_smoothing)
-    return {k: float(v) for k, v in metrics.items()}
+    _, metrics = jax.jit(preference_loss, static_argnames="loss_type")(   # one program, not one per op
+        policy_chosen_logps, policy_rejected_logps, arrays["reference_chosen_logps"],
+        arrays["reference_rejected_logps"], dcfg.beta, dcfg.loss_type, dcfg.label_smoothing)
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
 # ----------------------------------------------------------------------------- diagnostics

@@ -204,9 +204,9 @@ def grpo_optimizer(lr: float, max_grad_norm: float, trainable: str) -> optax.Gra
 
 def init_grpo_state(policy_params: dict, cfg: GRPOConfig) -> GRPOState:
     """A copy of pi_ref's weights (distinct buffers) and a fresh Adam state."""
-    params = jax.tree_util.tree_map(jnp.array, policy_params)
+    params = jax.device_put(policy_params, may_alias=False)        # distinct buffers, no program
     opt = grpo_optimizer(cfg.lr, cfg.max_grad_norm, cfg.trainable)
-    return GRPOState(params, opt.init(params), jnp.zeros((), jnp.int32))
+    return GRPOState(params, jax.jit(opt.init)(params), jnp.zeros((), jnp.int32))   # one program
 
 
 def compiled_part(cfg: GRPOConfig) -> GRPOConfig:

@@ -194,7 +194,7 @@ def init_ppo_params(policy_params: dict, rm_params: dict, model_cfg: GPTConfig, 
         value = {"backbone": rm_params["backbone"], "head": rm_params["head"]}
     else:
         value = {"head": init_scalar_head(key, model_cfg)}
-    copy = lambda tree: jax.tree_util.tree_map(jnp.array, tree)   # distinct buffers from pi_ref / RM
+    copy = lambda tree: jax.device_put(tree, may_alias=False)   # distinct buffers from pi_ref / RM
     return {"policy": copy(policy_params), "value": copy(value)}
 
 
@@ -219,7 +219,9 @@ def ppo_optimizer(lr: float, max_grad_norm: float, trainable: str = "all") -> op
 def init_ppo_state(policy_params, rm_params, model_cfg: GPTConfig, cfg: PPOConfig, key) -> PPOState:
     """PPOState at iteration 0: `init_ppo_params`, fresh Adam state, beta = cfg.kl.init_beta."""
     params = init_ppo_params(policy_params, rm_params, model_cfg, cfg, key)
-    ts = TrainState.create(apply_fn=None, params=params, tx=ppo_optimizer(cfg.lr, cfg.max_grad_norm, cfg.trainable))
+    tx = ppo_optimizer(cfg.lr, cfg.max_grad_norm, cfg.trainable)
+    ts = TrainState(step=0, apply_fn=None, params=params, tx=tx,
+                    opt_state=jax.jit(tx.init)(params))   # one program for the whole Adam state
     return PPOState(ts, ppo.kl_controller_init(cfg.kl))
 
 
