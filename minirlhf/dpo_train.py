@@ -26,6 +26,7 @@ Implementation details (each pinned by tests/test_dpo_train.py):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from functools import partial
 
@@ -194,7 +195,13 @@ def dpo_batch_loss(params, batch: dict, cfg: GPTConfig, dcfg: DPOConfig):
 
 def make_dpo_step(cfg: GPTConfig, dcfg: DPOConfig):
     """(optimizer, step): step(state, batch) -> (state, metrics) is ONE jitted function
-    (forward on chosen ++ rejected, backward, clipped AdamW update; frozen weights get none)."""
+    (forward on chosen ++ rejected, backward, clipped AdamW update; frozen weights get none).
+    Runs that differ only in their seed get the same step, so it is traced and compiled once."""
+    return _dpo_step(cfg, dataclasses.replace(dcfg, seed=0))
+
+
+@functools.lru_cache(maxsize=16)
+def _dpo_step(cfg: GPTConfig, dcfg: DPOConfig):
     optimizer = make_optimizer(dcfg.lr, dcfg.steps, warmup_steps=dcfg.warmup_steps,
                                weight_decay=dcfg.weight_decay)
     if dcfg.trainable != "all":
