@@ -19,6 +19,7 @@
 # %%
 import dataclasses
 import time
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +45,7 @@ SMOKE = args.smoke
 #
 # Two prompts, G = 4 answers each: the first group scored by a verifier (1 = right), the second
 # by a graded reward.  `grpo.group_advantages(rewards [P, G], kind)` beside the formulas in plain
-# `jnp`.  GRPO's std is the population std of the group (ddof = 0).
+# NumPy.  GRPO's std is the population std of the group (ddof = 0).
 #
 # Two identities to read off the table: RLOO's advantages sum to 0 in every group, and they
 # are G/(G-1) = 4/3 times Dr. GRPO's, because r_i - mean_{j != i} r_j = G/(G-1) (r_i - mean r).
@@ -52,23 +53,24 @@ SMOKE = args.smoke
 # advantage is 0, and GRPO's eps keeps 0 / 0 from becoming nan.
 
 # %%
-rewards = jnp.array([[1.0, 0.0, 0.0, 1.0],
-                     [0.2, 0.9, 0.4, 0.5]])                           # [P=2, G=4]
+rewards = np.array([[1.0, 0.0, 0.0, 1.0],
+                    [0.2, 0.9, 0.4, 0.5]])                            # [P=2, G=4]
 mean = rewards.mean(-1, keepdims=True)
-std = jnp.sqrt(((rewards - mean) ** 2).mean(-1, keepdims=True))       # population std
+std = np.sqrt(((rewards - mean) ** 2).mean(-1, keepdims=True))        # population std
 by_hand = {"grpo": (rewards - mean) / (std + 1e-4),
            "drgrpo": rewards - mean,
            "rloo": rewards - (rewards.sum(-1, keepdims=True) - rewards) / 3}
+group_advantages = jax.jit(grpo.group_advantages, static_argnames="kind")   # one program per kind
 print(f"{'kind':<8}{'group':>6}   {'package':<34}{'by hand':<34}{'sum':>7}")
 for kind, hand in by_hand.items():
-    pkg = grpo.group_advantages(rewards, kind)
+    pkg = np.asarray(group_advantages(rewards, kind))
     for p in range(2):
-        print(f"{kind:<8}{p:>6}   {np.array2string(np.asarray(pkg[p]), precision=4):<34}"
-              f"{np.array2string(np.asarray(hand[p]), precision=4):<34}{float(pkg[p].sum()):>7.3f}")
-rloo, dr = grpo.group_advantages(rewards, "rloo"), grpo.group_advantages(rewards, "drgrpo")
-print(f"max |RLOO - 4/3 Dr. GRPO| = {float(jnp.max(jnp.abs(rloo - 4 / 3 * dr))):.1e}")
+        print(f"{kind:<8}{p:>6}   {np.array2string(pkg[p], precision=4):<34}"
+              f"{np.array2string(hand[p], precision=4):<34}{float(pkg[p].sum()):>7.3f}")
+rloo, dr = (np.asarray(group_advantages(rewards, kind)) for kind in ("rloo", "drgrpo"))
+print(f"max |RLOO - 4/3 Dr. GRPO| = {float(np.max(np.abs(rloo - 4 / 3 * dr))):.1e}")
 print(f"constant group [0.5, 0.5, 0.5, 0.5] -> GRPO advantages "
-      f"{np.asarray(grpo.group_advantages(jnp.full((1, 4), 0.5), 'grpo')[0])}")
+      f"{np.asarray(group_advantages(np.full((1, 4), 0.5), 'grpo')[0])}")
 
 # %% [markdown]
 # ## 2. The clipped per-token surrogate and its three normalisations
@@ -93,39 +95,46 @@ print(f"constant group [0.5, 0.5, 0.5, 0.5] -> GRPO advantages "
 
 # %%
 T = 6
-mask = jnp.array([[1.0, 1, 0, 0, 0, 0],
-                  [1.0, 1, 1, 1, 1, 0]])                                    # [B=2, T=6]
-old_logps = jnp.array([[-0.5, -1.0, 0, 0, 0, 0],
-                       [-0.7, -0.2, -1.3, -0.4, -0.9, 0]])                   # [2, 6]
-new_logps = old_logps + jnp.array([[0.1, 0.3, 0, 0, 0, 0],
-                                   [-0.1, 0.0, 0.2, -0.3, 0.05, 0]])         # [2, 6]
-adv = jnp.array([1.0, -1.0])                                                 # [B]
+mask = np.array([[1.0, 1, 0, 0, 0, 0],
+                 [1.0, 1, 1, 1, 1, 0]])                                     # [B=2, T=6]
+old_logps = np.array([[-0.5, -1.0, 0, 0, 0, 0],
+                      [-0.7, -0.2, -1.3, -0.4, -0.9, 0]])                    # [2, 6]
+new_logps = old_logps + np.array([[0.1, 0.3, 0, 0, 0, 0],
+                                  [-0.1, 0.0, 0.2, -0.3, 0.05, 0]])          # [2, 6]
+adv = np.array([1.0, -1.0])                                                  # [B]
 lengths = mask.sum(-1)
-rho = jnp.exp(new_logps - old_logps)
-per_tok = jnp.maximum(-adv[:, None] * rho, -adv[:, None] * jnp.clip(rho, 0.8, 1.2)) * mask
-hand = {"sequence": jnp.mean(per_tok.sum(-1) / lengths),
+rho = np.exp(new_logps - old_logps)
+per_tok = np.maximum(-adv[:, None] * rho, -adv[:, None] * np.clip(rho, 0.8, 1.2)) * mask
+hand = {"sequence": np.mean(per_tok.sum(-1) / lengths),
         "token": per_tok.sum() / lengths.sum(),
         "constant": per_tok.sum() / (2 * T)}
+
+
+@partial(jax.jit, static_argnames="norm")
+def package_loss_and_grad(norm):
+    """The package's loss at new_logps and its gradient at rho = 1 (one compiled program)."""
+    loss = lambda x: grpo.clipped_policy_loss(x, old_logps, adv, mask, norm=norm)[0]
+    return loss(new_logps), jax.grad(loss)(old_logps)
+
+
 print(f"{'norm':<10}{'package':>10}{'by hand':>10}   token weights of answer 0 | answer 1 "
       f"(-dL/dlogpi / (A rho), rho = 1)")
 for norm in grpo.NORMALISATIONS:
-    loss_pkg, _ = grpo.clipped_policy_loss(new_logps, old_logps, adv, mask, norm=norm)
-    g = jax.grad(lambda x, n=norm: grpo.clipped_policy_loss(x, old_logps, adv, mask,
-                                                             norm=n)[0])(old_logps)
-    w = -g / adv[:, None]
+    loss_pkg, g = package_loss_and_grad(norm)
+    w = -np.asarray(g) / adv[:, None]
     print(f"{norm:<10}{float(loss_pkg):>10.4f}{float(hand[norm]):>10.4f}   "
-          f"{np.round(np.asarray(w[0, :2]), 3)} | {np.round(np.asarray(w[1, :5]), 3)}")
+          f"{np.round(w[0, :2], 3)} | {np.round(w[1, :5], 3)}")
 
 # %% [markdown]
 # Clip-higher on one token with A > 0: at rho = 1.25 the symmetric clip (0.2, 0.2) has already
 # stopped the gradient, DAPO's (0.2, 0.28) has not.
 
 # %%
-one = jnp.ones((1, 1))
+one = np.ones((1, 1))
+grad_one_token = jax.jit(jax.grad(lambda x, lo, hi: grpo.clipped_policy_loss(
+    x, np.zeros((1, 1)), np.ones(1), one, clip_eps_low=lo, clip_eps_high=hi)[0]))
 for lo, hi in ((0.2, 0.2), (0.2, 0.28)):
-    g = jax.grad(lambda x, lo=lo, hi=hi: grpo.clipped_policy_loss(
-        x, jnp.zeros((1, 1)), jnp.ones(1), one, clip_eps_low=lo, clip_eps_high=hi)[0])(
-            jnp.log(1.25) * one)
+    g = grad_one_token(np.log(1.25) * one, lo, hi)
     print(f"clip ({lo}, {hi}): dL/dlogpi at rho = 1.25, A = +1: package {float(g[0, 0]):+.3f}, "
           f"by hand {-1.25 if 1.25 <= 1 + hi else 0.0:+.3f}")
 
@@ -170,9 +179,10 @@ def forward_objective(z):  # E_pi[r] - beta KL(pi_ref || pi)
 
 for kl_in, objective, name in (("reward", reverse_objective, "-d(E r - beta KL(pi||ref))"),
                                ("loss", forward_objective, "-d(E r - beta KL(ref||pi))")):
-    pkg = jax.grad(eg.expected_loss)(toy_z, toy_ref, toy_r, beta, eg.ExactPGConfig(kl_in=kl_in))
+    pkg = jax.jit(jax.grad(eg.expected_loss), static_argnums=(3, 4))(
+        toy_z, toy_ref, toy_r, beta, eg.ExactPGConfig(kl_in=kl_in))
     print(f"KL in the {kl_in:<7} package {np.round(np.asarray(pkg[0]), 5)}   "
-          f"{name} {np.round(np.asarray(-jax.grad(objective)(toy_z)[0]), 5)}")
+          f"{name} {np.round(np.asarray(-jax.jit(jax.grad(objective))(toy_z)[0]), 5)}")
 
 # %% [markdown]
 # ## 4. The exact world: what each objective converges to
@@ -236,13 +246,22 @@ for name, (_, h) in runs.items():
               f"{h['kl_to_grpo_fixed_point'][i, 0]:>7.2f}->"
               f"{max(float(h['kl_to_grpo_fixed_point'][i, -1]), 0):.0e}"
               f"{h['kl_to_ref'][i, -1]:>13.3f}{h['expected_reward'][i, -1]:>8.3f}")
-for b in np.asarray(BETAS):
+
+
+@jax.jit
+def fixed_point_kls(b):
+    """KL(GRPO fixed point || pi*_beta), KL(fixed point || pi_ref), KL(pi*_beta || pi_ref), means
+    over prompts (beta traced: one program for every beta)."""
     fp = eg.grpo_fixed_point(world.logp_ref, world.reward, b)
     star = exact.optimal_policy(world.logp_ref, world.reward, b)
-    print(f"beta = {b:.2f}: KL(GRPO fixed point || pi*_beta) = "
-          f"{float(exact.kl(fp, star).mean()):.3f} nats; KL(. || pi_ref): fixed point "
-          f"{float(exact.kl(fp, world.logp_ref).mean()):.3f}, pi*_beta "
-          f"{float(exact.kl(star, world.logp_ref).mean()):.3f}")
+    return (exact.kl(fp, star).mean(), exact.kl(fp, world.logp_ref).mean(),
+            exact.kl(star, world.logp_ref).mean())
+
+
+for b in np.asarray(BETAS):
+    kl_fp_star, kl_fp_ref, kl_star_ref = (float(x) for x in fixed_point_kls(b))
+    print(f"beta = {b:.2f}: KL(GRPO fixed point || pi*_beta) = {kl_fp_star:.3f} nats; "
+          f"KL(. || pi_ref): fixed point {kl_fp_ref:.3f}, pi*_beta {kl_star_ref:.3f}")
 
 # %% [markdown]
 # The k1 run lands on pi*_beta and the k3 run on its own fixed point, to float32 precision
@@ -257,9 +276,9 @@ for b in np.asarray(BETAS):
 
 # %%
 beta_grid = np.geomspace(0.01, 10.0, 12 if SMOKE else 40)
-front = eg.frontier(world.logp_ref, world.reward, beta_grid)
-star_kl, star_r = (np.asarray(x).mean(-1) for x in exact.optimal_frontier(   # a fine pi* curve
-    world.logp_ref, world.reward, np.geomspace(1e-3, 30.0, 2000)))
+front = jax.device_get(eg.frontier(world.logp_ref, world.reward, beta_grid))   # numpy from here
+star_kl, star_r = (np.asarray(x).mean(-1) for x in jax.jit(exact.optimal_frontier)(   # a fine
+    world.logp_ref, world.reward, np.geomspace(1e-3, 30.0, 2000)))                   # pi* curve
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
 ax1.plot(star_kl, star_r, "-", color="k", label="pi*_beta (k1 optimum)")
 ax1.plot(front["grpo_kl"], front["grpo_reward"], "--", color="C1",
@@ -308,15 +327,23 @@ print(f"wrote {FIGURES / '07_exact_frontier.png'}; at equal KL(pi || pi_ref) GRP
 print(f"{'beta':>6}{'std at pi_ref':>15}{'std at end':>12}{'beta_eff':>10}"
       f"{'KL(pi||ref) GRPO':>18}{'Dr. GRPO':>10}{'KL to fp(beta_eff)':>20}")
 lp_std, h_std = runs[GRPO_STD]
-for i, b in enumerate(np.asarray(BETAS)):
-    pi = jnp.exp(lp_std[i])
+
+
+@jax.jit
+def effective_beta(lp, b):
+    """beta_eff = beta * mean std_pi(r) at the end point lp [P, N], and KL(lp || fp(beta_eff))."""
+    pi = jnp.exp(lp)
     m = jnp.sum(pi * world.reward, -1, keepdims=True)
     s = jnp.sqrt(jnp.sum(pi * (world.reward - m) ** 2, -1, keepdims=True))      # [P, 1]
     fp_eff = eg.grpo_fixed_point(world.logp_ref, world.reward, b * (s + 1e-4))
+    return b * s.mean(), exact.kl(lp, fp_eff).mean()
+
+
+for i, b in enumerate(np.asarray(BETAS)):
+    beta_eff, kl_to_fp = (float(x) for x in effective_beta(lp_std[i], b))
     print(f"{b:>6.2f}{h_std['reward_std'][i, 0]:>15.3f}{h_std['reward_std'][i, -1]:>12.3f}"
-          f"{float(b * s.mean()):>10.4f}{h_std['kl_to_ref'][i, -1]:>18.3f}"
-          f"{runs[DR][1]['kl_to_ref'][i, -1]:>10.3f}"
-          f"{max(float(exact.kl(lp_std[i], fp_eff).mean()), 0):>20.1e}")
+          f"{beta_eff:>10.4f}{h_std['kl_to_ref'][i, -1]:>18.3f}"
+          f"{runs[DR][1]['kl_to_ref'][i, -1]:>10.3f}{max(kl_to_fp, 0):>20.1e}")
 
 # %% [markdown]
 # In this world rewards lie in [0, 1] and their std is well below 1, so the std division

@@ -13,7 +13,6 @@ import time
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from tokenizers import Tokenizer
@@ -96,9 +95,9 @@ def expert_iteration(policy_params: dict, model_cfg: GPTConfig, tok: Tokenizer,
     of the round), "time/round"."""
     table = prompt_table(tok, list(prompts or split_prompts("train")), cfg.prompt_len)
     verifier = make_verifier(tok, model_cfg.vocab_size)
-    rows = jnp.repeat(jnp.arange(table.tokens.shape[0]), cfg.samples_per_prompt)     # [B]
-    params = jax.tree_util.tree_map(jnp.array, policy_params)
-    opt_state = sft_optimizer(cfg.lr).init(params)
+    rows = np.repeat(np.arange(table.tokens.shape[0], dtype=np.int32), cfg.samples_per_prompt)  # [B]
+    params = jax.device_put(policy_params, may_alias=False)        # distinct buffers, no program
+    opt_state = jax.jit(sft_optimizer(cfg.lr).init)(params)   # one program for the Adam state
     rng, key = np.random.default_rng(cfg.seed), jax.random.PRNGKey(cfg.seed)
     history, progress = {}, Progress("expert-iteration", cfg.rounds, n_prints=cfg.rounds,
                                      quiet=quiet)
