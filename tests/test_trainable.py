@@ -54,7 +54,7 @@ def test_final_norm_gradient_equals_the_written_out_layer_norm_backward():
         p = stop_frozen(p, gpt_labels(p, "final_norm"))
         return cross_entropy_loss(forward(p, tokens, attn, TINY).logits, tokens, resp)
 
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)         # one compiled program, not op-by-op dispatch
     out = forward(params, tokens, attn, TINY)
     h, z = np.asarray(out.hidden, np.float64), np.asarray(out.logits, np.float64)   # [B, T, D], [B, T, V]
     W = np.asarray(params["wte"], np.float64)                                       # [V, D]
@@ -74,7 +74,8 @@ def test_final_norm_gradient_equals_the_written_out_layer_norm_backward():
         if "ln_f" not in name:
             assert np.all(grad == 0), name
 
-    full = jax.grad(lambda p: cross_entropy_loss(forward(p, tokens, attn, TINY).logits, tokens, resp))(params)
+    full = jax.jit(jax.grad(
+        lambda p: cross_entropy_loss(forward(p, tokens, attn, TINY).logits, tokens, resp)))(params)
     np.testing.assert_allclose(grads["ln_f"]["g"], full["ln_f"]["g"], rtol=1e-6)  # the same ln_f gradient
     assert float(loss(params)) == pytest.approx(float(jax.jit(loss)(params)), rel=1e-6)
 
@@ -126,7 +127,7 @@ def test_final_norm_ppo_moves_only_ln_f_and_the_value_function():
 def test_tempered_weights_give_the_tempered_distribution():
     """log softmax(z / T) from the original weights == log softmax(z') from (g/T, b/T)."""
     params = perturbed_params(4)
-    tokens, attn, resp, _ = random_rows(np.random.default_rng(2), 4, 10, TINY.vocab_size)
+    tokens, attn, _, _ = random_rows(np.random.default_rng(2), 4, 10, TINY.vocab_size)
     for T in (0.5, 0.8, 2.0):
         original = token_logprobs(forward(params, tokens, attn, TINY).logits, tokens, temperature=T)
         as_weights = token_logprobs(forward(tempered(params, T), tokens, attn, TINY).logits, tokens)
