@@ -116,8 +116,11 @@ def ptx_loss(params, batch: dict, cfg: GPTConfig):
 @functools.lru_cache(maxsize=16)
 def lm_train_step(cfg: GPTConfig, steps: int, lr: float, weight_decay: float):
     """(optimizer, jitted train step) of `lm_loss`, one per (model, schedule): runs with the same
-    settings (lesson 03's two SFT runs, repeated test calls) reuse one compiled program."""
-    optimizer = make_optimizer(lr, steps, weight_decay=weight_decay)
+    settings (lesson 03's two SFT runs, repeated test calls) reuse one compiled program.  The
+    schedule's numbers are inputs of the step (`make_optimizer(traced=True)`), so the program is
+    the same for every schedule: lesson 03's SFT reads lesson 02's back from the persistent
+    compilation cache instead of compiling it again."""
+    optimizer = make_optimizer(lr, steps, weight_decay=weight_decay, traced=True)   # one program
     return optimizer, make_train_step(lambda p, b: lm_loss(p, b, cfg), optimizer)
 
 

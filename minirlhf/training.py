@@ -93,17 +93,27 @@ def _adamw_warmup_cosine(peak_lr, warmup_steps, decay_steps, weight_decay, max_g
 
 
 def make_optimizer(lr: float, total_steps: int, warmup_steps: int = 20, weight_decay: float = 0.0,
-                   max_grad_norm: float = 1.0) -> optax.GradientTransformation:
+                   max_grad_norm: float = 1.0, traced: bool = False) -> optax.GradientTransformation:
     """AdamW (Loshchilov & Hutter 2019) with linear warmup, cosine decay to 10% (`warmup_cosine`)
     and global-norm clipping.
 
-    The hyperparameters are held in the optimizer state (`optax.inject_hyperparams`), so they are
-    inputs of the compiled train step: runs that differ only in learning rate, length or weight
-    decay (lesson 02's pretraining and lesson 03's SFT) run one compiled program."""
-    return _adamw_warmup_cosine(
-        peak_lr=float(lr), warmup_steps=min(warmup_steps, max(total_steps - 1, 1)),
-        decay_steps=max(total_steps, 2), weight_decay=float(weight_decay),
-        max_grad_norm=float(max_grad_norm))
+    traced=True holds the hyperparameters in the optimizer state (`optax.inject_hyperparams`), so
+    they are inputs of the compiled train step: runs that differ only in learning rate, length or
+    weight decay run one compiled program (lesson 02's pretraining and lesson 03's SFT,
+    `pretrain.lm_train_step`).  The schedule's numbers are the same either way, but XLA may fuse
+    the rest of a step differently around inputs than around constants, and a different fusion
+    rounds differently in the last bits; the LM step is checked to train bit for bit the same
+    (tests/test_schedule.py), the other stages keep their constants."""
+    warmup_steps = min(warmup_steps, max(total_steps - 1, 1))
+    if traced:
+        return _adamw_warmup_cosine(peak_lr=float(lr), warmup_steps=warmup_steps,
+                                    decay_steps=max(total_steps, 2),
+                                    weight_decay=float(weight_decay),
+                                    max_grad_norm=float(max_grad_norm))
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps=warmup_steps,
+                                                  decay_steps=max(total_steps, 2), end_value=0.1 * lr)
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm),
+                       optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=weight_decay))
 
 
 def init_train_state(params, optimizer) -> TrainState:

@@ -14,8 +14,9 @@ quarter of the time), and LLVM's optimisation passes are most of each compilatio
 halves the compile time while the tests' tiny models run barely slower (on the 2-core CPU with
 a cold cache: the 4-device worker of test_distributed takes 52 CPU-seconds instead of 105, and
 pytest -n 2 6 min 50 s instead of 9 min 14 s).  The graph-level (HLO) passes and every tolerance are
-unchanged; float32 results may differ in the last bits from the default level's, so no test
-compares two separately compiled programs bit for bit.  A level already in XLA_FLAGS wins.  The
+unchanged; float32 results may differ in the last bits from the default level's, so a test that
+compares two programs bit for bit (test_schedule.py) compiles both at the same level.  A level
+already in XLA_FLAGS wins.  The
 lessons and benchmarks (`make lessons`, `benchmarks/`) compile at the default level, where run
 time matters.
 

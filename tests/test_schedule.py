@@ -61,13 +61,36 @@ def test_the_optimizer_steps_with_the_schedule():
     np.testing.assert_allclose(sizes[1], schedule_by_hand(1, 0.1, 2, 10), rtol=1e-3)   # Adam: |u| ~ lr
 
 
+CFG = model.GPTConfig(vocab_size=32, max_len=8, n_layer=1, n_head=2, d_model=16)
+
+
 def test_runs_differing_in_hyperparameters_share_one_program():
-    cfg = model.GPTConfig(vocab_size=32, max_len=8, n_layer=1, n_head=2, d_model=16)
+    cfg = CFG
     params = model.init_params(jax.random.PRNGKey(0), cfg)
     batch = {k: np.ones((2, 8), np.int32) for k in ("tokens", "attention_mask", "loss_mask")}
     texts = []
     for lr, steps, wd in [(3e-3, 500, 0.01), (1e-3, 150, 0.0)]:
-        opt = make_optimizer(lr, steps, weight_decay=wd)
+        opt = make_optimizer(lr, steps, weight_decay=wd, traced=True)
         step = make_train_step(lambda p, b: lm_loss(p, b, cfg), opt)
         texts.append(step.lower(init_train_state(params, opt), batch).as_text(debug_info=False))
     assert texts[0] == texts[1]
+
+
+@pytest.mark.parametrize(("lr", "steps", "wd"), [(3e-3, 40, 0.01), (1e-3, 30, 0.0)])
+def test_the_lm_step_trains_the_same_with_traced_hyperparameters(lr, steps, wd):
+    """pretrain.lm_train_step's traced optimizer gives the constant one's weights, bit for bit,
+    through warmup and decay."""
+    params = model.init_params(jax.random.PRNGKey(1), CFG)
+    rng = np.random.default_rng(1)
+    batch = {"tokens": rng.integers(3, CFG.vocab_size, (4, 8)).astype(np.int32),
+             "attention_mask": np.ones((4, 8), np.int32),
+             "loss_mask": (rng.random((4, 8)) < 0.7).astype(np.int32)}
+    trained = []
+    for traced in (False, True):
+        opt = make_optimizer(lr, steps, warmup_steps=5, weight_decay=wd, traced=traced)
+        step, state = make_train_step(lambda p, b: lm_loss(p, b, CFG), opt), init_train_state(params, opt)
+        for _ in range(steps):
+            state, _ = step(state, batch)
+        trained.append(jax.tree_util.tree_leaves(state.params))
+    for a, b in zip(*trained):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
