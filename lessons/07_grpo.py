@@ -177,10 +177,10 @@ def forward_objective(z):  # E_pi[r] - beta KL(pi_ref || pi)
     return jnp.sum(jnp.exp(lp) * toy_r) - beta * jnp.sum(jnp.exp(toy_ref) * (toy_ref - lp))
 
 
+expected_gradient = jax.jit(jax.grad(eg.expected_loss), static_argnums=(3, 4))   # one program each
 for kl_in, objective, name in (("reward", reverse_objective, "-d(E r - beta KL(pi||ref))"),
                                ("loss", forward_objective, "-d(E r - beta KL(ref||pi))")):
-    pkg = jax.jit(jax.grad(eg.expected_loss), static_argnums=(3, 4))(
-        toy_z, toy_ref, toy_r, beta, eg.ExactPGConfig(kl_in=kl_in))
+    pkg = expected_gradient(toy_z, toy_ref, toy_r, beta, eg.ExactPGConfig(kl_in=kl_in))
     print(f"KL in the {kl_in:<7} package {np.round(np.asarray(pkg[0]), 5)}   "
           f"{name} {np.round(np.asarray(-jax.jit(jax.grad(objective))(toy_z)[0]), 5)}")
 

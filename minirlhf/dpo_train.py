@@ -236,11 +236,14 @@ def train_dpo(params, arrays: dict, cfg: GPTConfig, dcfg: DPOConfig, quiet: bool
     return state.params, {k: np.array(v) for k, v in history.items()}
 
 
+_preference_loss_jit = jax.jit(preference_loss, static_argnames="loss_type")
+
+
 def evaluate_pairs(params, arrays: dict, cfg: GPTConfig, dcfg: DPOConfig) -> dict:
     """The loss and TRL metrics of `params` over every pair of `arrays` (e.g. the held-out split):
     rewards/accuracies there = how often the implicit reward ranks y_w above y_l."""
     policy_chosen_logps, policy_rejected_logps = pair_logps(params, arrays, cfg)
-    _, metrics = jax.jit(preference_loss, static_argnames="loss_type")(   # one program, not one per op
+    _, metrics = _preference_loss_jit(                              # one program, not one per op
         policy_chosen_logps, policy_rejected_logps, arrays["reference_chosen_logps"],
         arrays["reference_rejected_logps"], dcfg.beta, dcfg.loss_type, dcfg.label_smoothing)
     return {k: float(v) for k, v in jax.device_get(metrics).items()}
