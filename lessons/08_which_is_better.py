@@ -113,15 +113,13 @@ plt.close(fig)
 # reward at their KL (they fit the label noise).
 #
 # ### Seeds in one compiled call
-# `jax.vmap` over the PRNG key turns S runs into one program with a batch axis. We time PPO once
-# as a Python loop over seeds and once vmapped (both after compilation).
+# `jax.vmap` over the PRNG key (and over beta) turns many runs into one program with a batch
+# axis. We time PPO one run per call, in a Python loop over the seeds, against the sweep above,
+# all its betas x seeds in one call (both after compilation), and compare the time per run.
 
 # %%
-one = jax.jit(partial(C.ppo_point, WORLD, PPO_CFG))
-many = jax.jit(jax.vmap(partial(C.ppo_point, WORLD, PPO_CFG), (None, 0)))
+one = jax.jit(runs["PPO"])
 jax.block_until_ready(one(0.3, KEYS[0]))
-jax.block_until_ready(many(0.3, KEYS))
-
 
 
 def best_time(fn, repeats=3):
@@ -134,10 +132,11 @@ def best_time(fn, repeats=3):
     return min(times)
 
 
-t_loop = best_time(lambda: [one(0.3, k) for k in KEYS])
-t_vmap = best_time(lambda: many(0.3, KEYS))
-print(f"PPO, {N_SEEDS} seeds: Python loop {t_loop:.3f}s, vmap {t_vmap:.3f}s, "
-      f"speed-up x{t_loop / t_vmap:.2f}")
+n_swept = len(BETAS) * N_SEEDS
+per_loop = best_time(lambda: [one(0.3, k) for k in KEYS]) / N_SEEDS
+per_vmap = best_time(lambda: C.sweep(runs["PPO"], BETAS, KEYS)) / n_swept  # section 1's program
+print(f"PPO, time per run: {N_SEEDS} calls in a Python loop {per_loop * 1e3:.0f} ms, "
+      f"{n_swept} runs in one vmapped call {per_vmap * 1e3:.0f} ms, speed-up x{per_loop / per_vmap:.2f}")
 
 # %% [markdown]
 # ## 2. Out-of-distribution preference data (Xu et al. 2024)

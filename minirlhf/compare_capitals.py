@@ -34,7 +34,7 @@ from minirlhf import dpo_train, grpo_train, ppo_train
 from minirlhf.evaluation import evaluate_policy, sample_answers
 from minirlhf.exact.world import best_of_n_kl_bound
 from minirlhf.pretrain import ensure_tokenizer
-from minirlhf.reward import ensure_reward_model
+from minirlhf.reward import ensure_reward_model, score_batched
 from minirlhf.reward_data import ensure_preferences
 from minirlhf.sft import ensure_sft_model
 from minirlhf.worlds.capitals import split_prompts
@@ -74,7 +74,7 @@ class CapitalsCompareConfig:
 
 
 def _evaluate(params, ref_params, model_cfg, tok, splits, key, n_eval) -> dict:
-    out = evaluate_policy(params, ref_params, model_cfg, tok, splits, key, n_eval)
+    out = evaluate_policy(params, ref_params, model_cfg, tok, splits, key, n_eval, kl_splits=("train",))
     return {**{f"acc/{s}": out[s]["gold/accuracy"] for s in SPLITS}, "kl": out["train"]["kl"]}
 
 
@@ -103,8 +103,7 @@ def best_of_n_accuracy(params, rm_params, model_cfg, tok, prompts, key, n: int, 
     reward-model score among n samples of pi_ref."""
     samples = sample_answers(params, model_cfg, tok, prompts, key, n * n_eval)
     gen = samples.generation
-    scores = np.asarray(ppo_train.reward_model_score(rm_params, gen.tokens, gen.attention_mask,
-                                                gen.response_mask, model_cfg))
+    scores = score_batched(rm_params, gen.tokens, gen.attention_mask, model_cfg)  # one program
     scores = scores.reshape(len(prompts), n_eval, n)  # rows are prompt-major
     best = scores.argmax(-1)  # [prompts, n_eval]
     correct = samples.correct.reshape(len(prompts), n_eval, n)

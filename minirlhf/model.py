@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -85,24 +86,37 @@ class GPTConfig:
 
 # ----------------------------------------------------------------------------- init
 
+def _weight_shapes(cfg: GPTConfig) -> tuple:
+    """Shapes of the six Gaussian-initialised weights, in `init_params`' key order."""
+    L, D, F, V = cfg.n_layer, cfg.d_model, cfg.mlp_ratio * cfg.d_model, cfg.vocab_size
+    return (V, D), (cfg.max_len, D), (L, D, 3 * D), (L, D, D), (L, D, F), (L, F, D)
+
+
+@partial(jax.jit, static_argnames="cfg")
+def _standard_normals(key: jax.Array, cfg: GPTConfig) -> tuple:
+    """N(0, 1) draws for the six weights, one subkey each: one compiled program per config
+    (called op by op, each shape would compile its own small program)."""
+    keys = jax.random.split(key, 6)
+    return tuple(jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, _weight_shapes(cfg)))
+
+
 def init_params(key: jax.Array, cfg: GPTConfig) -> dict:
     """GPT-2 initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm gains, and the
     residual output projections scaled by 1/sqrt(2L) (Radford et al. 2019, sec. 2.3)."""
-    L, D, F, V = cfg.n_layer, cfg.d_model, cfg.mlp_ratio * cfg.d_model, cfg.vocab_size
-    k_te, k_pe, k_qkv, k_o, k_in, k_out = jax.random.split(key, 6)
-    normal = lambda k, shape, std=0.02: std * jax.random.normal(k, shape, jnp.float32)
+    L, D, F = cfg.n_layer, cfg.d_model, cfg.mlp_ratio * cfg.d_model
+    z_te, z_pe, z_qkv, z_o, z_in, z_out = _standard_normals(key, cfg)
     resid_std = 0.02 / math.sqrt(2 * L)
     ln = lambda *lead: {"g": jnp.ones((*lead, D)), "b": jnp.zeros((*lead, D))}
     return {
-        "wte": normal(k_te, (V, D)),                     # [V, D] token embedding = unembedding
-        "wpe": normal(k_pe, (cfg.max_len, D)),           # [Tmax, D]
+        "wte": 0.02 * z_te,                              # [V, D] token embedding = unembedding
+        "wpe": 0.02 * z_pe,                              # [Tmax, D]
         "blocks": {                                      # every leaf stacked over layers: [L, ...]
             "ln1": ln(L),
-            "w_qkv": normal(k_qkv, (L, D, 3 * D)), "b_qkv": jnp.zeros((L, 3 * D)),
-            "w_o": normal(k_o, (L, D, D), resid_std), "b_o": jnp.zeros((L, D)),
+            "w_qkv": 0.02 * z_qkv, "b_qkv": jnp.zeros((L, 3 * D)),
+            "w_o": resid_std * z_o, "b_o": jnp.zeros((L, D)),
             "ln2": ln(L),
-            "w_in": normal(k_in, (L, D, F)), "b_in": jnp.zeros((L, F)),
-            "w_out": normal(k_out, (L, F, D), resid_std), "b_out": jnp.zeros((L, D)),
+            "w_in": 0.02 * z_in, "b_in": jnp.zeros((L, F)),
+            "w_out": resid_std * z_out, "b_out": jnp.zeros((L, D)),
         },
         "ln_f": ln(),
     }

@@ -23,6 +23,7 @@ critic's learning speed). The scaled reward is an array, so beta becomes a trace
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -155,9 +156,14 @@ def best_of_n_points(logp_ref, score, gold, ns) -> dict:
 
 
 def sweep(point_fn, betas, keys) -> ExactPoint:
-    """One compiled call over all (beta, seed): point_fn(beta, key) -> ExactPoint [B, S]."""
-    return jax.jit(jax.vmap(jax.vmap(point_fn, (None, 0)), (0, None)))(
-        jnp.asarray(betas, jnp.float32), keys)
+    """One compiled call over all (beta, seed): point_fn(beta, key) -> ExactPoint [B, S].
+    The same point_fn object reuses its compiled program."""
+    return _swept(point_fn)(jnp.asarray(betas, jnp.float32), keys)
+
+
+@functools.lru_cache(maxsize=None)
+def _swept(point_fn):
+    return jax.jit(jax.vmap(jax.vmap(point_fn, (None, 0)), (0, None)))
 
 
 # ----------------------------------------------------------------------------- proxies and data
