@@ -114,11 +114,11 @@ plt.close(fig)
 #
 # ### Seeds in one compiled call
 # `jax.vmap` over the PRNG key (and over beta) turns many runs into one program with a batch
-# axis. We time PPO one run per call, in a Python loop over the seeds, against the sweep above,
+# axis. We time DPO one run per call, in a Python loop over the seeds, against the sweep above,
 # all its betas x seeds in one call (both after compilation), and compare the time per run.
 
 # %%
-one = jax.jit(runs["PPO"])
+one = jax.jit(runs["DPO"])
 jax.block_until_ready(one(0.3, KEYS[0]))
 
 
@@ -134,8 +134,8 @@ def best_time(fn, repeats=3):
 
 n_swept = len(BETAS) * N_SEEDS
 per_loop = best_time(lambda: [one(0.3, k) for k in KEYS]) / N_SEEDS
-per_vmap = best_time(lambda: C.sweep(runs["PPO"], BETAS, KEYS)) / n_swept  # section 1's program
-print(f"PPO, time per run: {N_SEEDS} calls in a Python loop {per_loop * 1e3:.0f} ms, "
+per_vmap = best_time(lambda: C.sweep(runs["DPO"], BETAS, KEYS)) / n_swept  # section 1's program
+print(f"DPO, time per run: {N_SEEDS} calls in a Python loop {per_loop * 1e3:.0f} ms, "
       f"{n_swept} runs in one vmapped call {per_vmap * 1e3:.0f} ms, speed-up x{per_loop / per_vmap:.2f}")
 
 # %% [markdown]

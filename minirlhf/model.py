@@ -86,25 +86,24 @@ class GPTConfig:
 
 # ----------------------------------------------------------------------------- init
 
-def _weight_shapes(cfg: GPTConfig) -> tuple:
-    """Shapes of the six Gaussian-initialised weights, in `init_params`' key order."""
-    L, D, F, V = cfg.n_layer, cfg.d_model, cfg.mlp_ratio * cfg.d_model, cfg.vocab_size
-    return (V, D), (cfg.max_len, D), (L, D, 3 * D), (L, D, D), (L, D, F), (L, F, D)
-
-
-@partial(jax.jit, static_argnames="cfg")
-def _standard_normals(key: jax.Array, cfg: GPTConfig) -> tuple:
-    """N(0, 1) draws for the six weights, one subkey each: one compiled program per config
-    (called op by op, each shape would compile its own small program)."""
+@partial(jax.jit, static_argnames=("shapes", "which"))
+def _standard_normals(key: jax.Array, shapes: tuple, which: tuple) -> tuple:
+    """N(0, 1) draws of the given shapes, draw i with subkey split(key, 6)[which[i]]: one
+    compiled program per group of shapes (op by op, each shape would compile its own small
+    programs)."""
     keys = jax.random.split(key, 6)
-    return tuple(jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, _weight_shapes(cfg)))
+    return tuple(jax.random.normal(keys[i], s, jnp.float32) for i, s in zip(which, shapes))
 
 
 def init_params(key: jax.Array, cfg: GPTConfig) -> dict:
     """GPT-2 initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm gains, and the
     residual output projections scaled by 1/sqrt(2L) (Radford et al. 2019, sec. 2.3)."""
-    L, D, F = cfg.n_layer, cfg.d_model, cfg.mlp_ratio * cfg.d_model
-    z_te, z_pe, z_qkv, z_o, z_in, z_out = _standard_normals(key, cfg)
+    L, D, F, V = cfg.n_layer, cfg.d_model, cfg.mlp_ratio * cfg.d_model, cfg.vocab_size
+    # subkeys 0..5: wte, wpe, w_qkv, w_o, w_in, w_out.  wpe is drawn apart, so models that differ
+    # only in max_len (lesson 10's sequence-length sweep) share the program of the other five.
+    z_te, z_qkv, z_o, z_in, z_out = _standard_normals(
+        key, ((V, D), (L, D, 3 * D), (L, D, D), (L, D, F), (L, F, D)), (0, 2, 3, 4, 5))
+    (z_pe,) = _standard_normals(key, ((cfg.max_len, D),), (1,))
     resid_std = 0.02 / math.sqrt(2 * L)
     ln = lambda *lead: {"g": jnp.ones((*lead, D)), "b": jnp.zeros((*lead, D))}
     return {
