@@ -18,8 +18,7 @@ The transformer runs do not vmap over seeds (each one is a Python loop of jitted
 host-side decoding); the seeds run one after another.  DPO for seed 0 with lesson 06's config is
 lesson 06's own run (same pi_ref, pairs, config and seed): its checkpoint is loaded
 (`dpo_train.ensure_dpo_policy`, trained if missing) rather than trained again, and its time_s
-is NaN (markdown_table averages the seeds that trained here).  The pair arrays are cut to the
-last column any pair uses (`trim_padding`): the right padding changes no log-prob.
+is NaN (markdown_table averages the seeds that trained here).
 """
 
 from __future__ import annotations
@@ -78,15 +77,6 @@ def _evaluate(params, ref_params, model_cfg, tok, splits, key, n_eval) -> dict:
     return {**{f"acc/{s}": out[s]["gold/accuracy"] for s in SPLITS}, "kl": out["train"]["kl"]}
 
 
-def trim_padding(arrays: dict) -> dict:
-    """Right-padded pair arrays ({name: [N, T]}, encode_pairs) cut to the last column any
-    attention mask uses: a causal model's log-probs of the tokens before it do not depend on
-    the columns after it, and the masks exclude those columns from every loss."""
-    used = max(int(np.nonzero(v.any(0))[0].max()) for k, v in arrays.items()
-               if k.endswith("attention_mask")) + 1
-    return {k: v[:, :used] for k, v in arrays.items()}
-
-
 def lesson06_dpo(smoke: bool, cfg: CapitalsCompareConfig, seed: int):
     """The policy of lesson 06's DPO run when the DPO row of `seed` is that run (seed 0: the
     same pi_ref, pairs and config), else None."""
@@ -116,8 +106,8 @@ def capitals_table(smoke: bool, cfg: CapitalsCompareConfig, quiet: bool = True) 
     tok, (sft_params, model_cfg) = ensure_tokenizer(smoke), ensure_sft_model(smoke)
     rm_params, _ = ensure_reward_model(smoke)
     splits = {s: split_prompts(s) for s in SPLITS}
-    arrays = dpo_train.with_reference_logps(trim_padding(
-        dpo_train.load_pair_arrays(tok, ensure_preferences(smoke)["train"], model_cfg)),
+    arrays = dpo_train.with_reference_logps(
+        dpo_train.load_pair_arrays(tok, ensure_preferences(smoke)["train"], model_cfg),
         sft_params, model_cfg)
     rows: dict = {}
 

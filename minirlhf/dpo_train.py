@@ -41,7 +41,7 @@ from minirlhf.data import read_preferences
 from minirlhf.dpo import LOSS_TYPES, preference_loss
 from minirlhf.model import GPTConfig, sequence_logprobs
 from minirlhf.paths import artifact_path, file_digest, recipe
-from minirlhf.pretrain import SEQ_LEN, corpus_arrays, ensure_tokenizer, ptx_loss, with_ptx_rows
+from minirlhf.pretrain import corpus_arrays, ensure_tokenizer, ptx_loss, with_ptx_rows
 from minirlhf.reward_data import check_fits, encode_responses, ensure_preferences
 from minirlhf.sampling import Generation
 from minirlhf.sft import ensure_sft_model, sft_model_path
@@ -278,11 +278,12 @@ def sequence_logratios(params, ref_params, gen: Generation, cfg: GPTConfig):
 # ----------------------------------------------------------------------------- the stage
 
 def load_pair_arrays(tok: Tokenizer, path, cfg: GPTConfig) -> dict:
-    """A preference JSONL file -> `encode_pairs` arrays, as wide as the longest pair needs
-    (at least SEQ_LEN, at most cfg.max_len)."""
+    """A preference JSONL file -> `encode_pairs` arrays exactly as wide as its longest pair needs
+    (at most cfg.max_len): a causal model's log-probs of a row's tokens do not depend on the pad
+    columns after them, so wider arrays would only add work to every step."""
     records = read_preferences(path)
-    width = max(SEQ_LEN, check_fits(tok, records, cfg.max_len, source=str(path)))
-    return encode_pairs(tok, records, min(width, cfg.max_len))
+    width = check_fits(tok, records, cfg.max_len, source=str(path))
+    return encode_pairs(tok, records, width)
 
 
 def dpo_recipe(smoke: bool, dcfg: DPOConfig, train_prefs) -> dict:

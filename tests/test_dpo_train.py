@@ -12,6 +12,7 @@ import pytest
 from conftest import written_out_lm_loss
 from jax.flatten_util import ravel_pytree
 
+from minirlhf.data import write_preferences
 from minirlhf.dpo_train import (
     DPOConfig,
     concatenated_logps,
@@ -19,6 +20,7 @@ from minirlhf.dpo_train import (
     encode_pairs,
     evaluate_pairs,
     implicit_rewards,
+    load_pair_arrays,
     make_dpo_step,
     sequence_logratios,
     train_dpo,
@@ -146,6 +148,24 @@ def test_encode_pairs_different_lengths_and_unfinished_response_without_eos(tok)
                for k, v in arrays.items()}
         np.testing.assert_allclose(np.stack(concatenated_logps(params, row, cfg))[:, 0], both[:, b], rtol=1e-5)
 
+
+
+def test_load_pair_arrays_is_exactly_as_wide_as_its_longest_pair(tok, tmp_path):
+    records = [{"prompt": "What's the capital of France?", "chosen": " The capital of France is Paris.",
+                "rejected": " The capital of France is Berlin. The weather in Rome is mild today."},
+               {"prompt": "What's the capital of Peru?", "chosen": " Lima.", "rejected": " Quito."}]
+    path = write_preferences(tmp_path / "prefs.jsonl", records)
+    cfg = GPTConfig(vocab_size=512, max_len=64, n_layer=1, n_head=2, d_model=16)
+    arrays = load_pair_arrays(tok, path, cfg)
+    lengths = [2 + len(encode_text(tok, r["prompt"])) + len(encode_text(tok, r[w]))  # bos, eos
+               for r in records for w in ("chosen", "rejected")]
+    assert max(lengths) < cfg.max_len
+    for name, v in arrays.items():
+        assert v.shape == (2, max(lengths)), name
+    for b, rec in enumerate(records):                       # nothing cut: every response whole
+        for which in ("chosen", "rejected"):
+            resp = arrays[f"{which}_response_mask"][b] == 1
+            assert arrays[f"{which}_tokens"][b][resp].tolist() == encode_text(tok, rec[which]) + [EOS_ID]
 
 # ----------------------------------------------------------------------------- reference
 

@@ -161,7 +161,7 @@ def sweep(point_fn, betas, keys) -> ExactPoint:
     return _swept(point_fn)(jnp.asarray(betas, jnp.float32), keys)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _swept(point_fn):
     return jax.jit(jax.vmap(jax.vmap(point_fn, (None, 0)), (0, None)))
 
