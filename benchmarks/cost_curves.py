@@ -5,8 +5,9 @@
 
 What is measured, per point: one jitted LM training step (`pretrain.lm_loss` + AdamW with lesson
 02's schedule, through `pretrain.lm_train_step`, explicit attention, fp32), compiled once via
-`.lower().compile()`.  At the base point this is lesson 02's pretraining step itself, so with
-the persistent compilation cache of `make lessons` it is read back, not compiled again.
+`.lower().compile()`.  At the base point this is lesson 02's pretraining step itself, so run
+after `make lessons` it is read back from the persistent compilation cache, not compiled again
+(not inside lesson 10: the cache's keys include the devices, and that lesson has four).
   * time: median wall time of `n_timed` steps after one warm-up step (blocked on the result).
     Medians, because the machine is shared and a single step can be stalled by a neighbour.
     Also the median process CPU time (all threads): on a crowded machine it is steadier than

@@ -189,9 +189,11 @@ print(f"max |params_tp - params_1dev| = {diff_tp:.2e}")
 # $$\text{FLOPs}_{\text{step}} \approx 6 N \cdot B T + 12 L T^2 d \cdot B.$$
 #
 # So time should be linear in B and L, ~quadratic in d, and linear in T until the $T^2$
-# term takes over.  `benchmarks/cost_curves.py` measures this (median step time, and the
-# peak memory that XLA plans at compile time); here we read its saved results if present,
-# else run a small sweep.
+# term takes over.  `benchmarks/cost_curves.py` measures this for T, B, d and L (median step
+# time, and the peak memory that XLA plans at compile time); here we read its saved results if
+# present, else sweep T alone, the term this section's equation is about.  (In this lesson's
+# process every point is compiled anew, about 2 s each: the persistent cache's keys include
+# the devices, and here there are four.)
 
 # %%
 spec = importlib.util.spec_from_file_location("cost_curves", paths.REPO_ROOT / "benchmarks" / "cost_curves.py")
@@ -205,7 +207,7 @@ if not args.smoke and saved.exists():
     print(f"read {saved} (measured on {data['device']})")
 else:
     base = cost.SMOKE_BASE if args.smoke else cost.BASE
-    sweep = {"T": [8, 16]} if args.smoke else {"T": [25, 50, 100], "B": [16, 32]}
+    sweep = {"T": [8, 16]} if args.smoke else {"T": [25, 50, 100]}
     print(f"no saved benchmark{' (smoke)' if args.smoke else ''}: small sweep around {base}")
     results = cost.run_sweeps(base, sweep, n_timed=3)
 summary = cost.summarize(results, base)
@@ -230,7 +232,8 @@ print(f"figure -> {FIGURES / '10_cost_curves.png'}")
 #   0.05 nats and losses within 2%).
 # * **Bigger batches.** A GPU needs far more parallel work per kernel launch than a CPU
 #   before the FLOPs, not the launch overhead, set the time; the B-slope of the cost curve
-#   (time ~ B^s) tells how close to that regime a device is (s = 1: fully busy).  Data
+#   (time ~ B^s, `benchmarks/cost_curves.py`) tells how close to that regime a device is
+#   (s = 1: fully busy).  Data
 #   parallelism multiplies the global batch by the number of devices.
 # * **Donation.** `jax.jit(..., donate_argnums=0)` lets XLA update the state in place,
 #   so the old and new parameters + optimizer state need not both be held during the step.
