@@ -4,7 +4,14 @@ padding that keeps the rows, and chunking that never changes the real rows."""
 import jax
 import numpy as np
 
-from minirlhf.evaluation import CHUNK_ROWS, MAX_NEW_TOKENS, PROMPT_LEN, pad_rows, sample_answers
+from minirlhf.evaluation import (
+    CHUNK_ROWS,
+    MAX_NEW_TOKENS,
+    PROMPT_LEN,
+    evaluate_policy,
+    pad_rows,
+    sample_answers,
+)
 from minirlhf.model import GPTConfig, init_params
 from minirlhf.sampling import generate
 from minirlhf.tokenizer import encode_prompts
@@ -36,3 +43,18 @@ def test_chunking_never_changes_the_real_rows(tok):
         np.testing.assert_array_equal(getattr(s.generation, name), getattr(alone, name),
                                       err_msg=name)
     np.testing.assert_allclose(s.generation.logprobs, alone.logprobs, atol=1e-5)
+
+
+def test_evaluate_policy_computes_the_kl_only_for_the_splits_asked(tok):
+    """kl_splits drops the KL of the other splits and changes nothing else: the same samples
+    (each split's key is split from `key` before any KL), the same gold metrics, the same KL."""
+    cfg = GPTConfig(vocab_size=tok.get_vocab_size(), max_len=PROMPT_LEN + MAX_NEW_TOKENS,
+                    n_layer=1, n_head=2, d_model=16)
+    params, ref = init_params(jax.random.PRNGKey(0), cfg), init_params(jax.random.PRNGKey(1), cfg)
+    splits = {"train": cw.split_prompts("train")[:2], "ood": cw.split_prompts("ood")[:1]}
+    every = evaluate_policy(params, ref, cfg, tok, splits, jax.random.PRNGKey(2), n=2)
+    some = evaluate_policy(params, ref, cfg, tok, splits, jax.random.PRNGKey(2), n=2,
+                           kl_splits=("train",))
+    assert set(every["ood"]) - set(some["ood"]) == {"kl"}
+    assert some["train"] == every["train"] and every["train"]["kl"] != 0.0
+    assert some["ood"] == {k: v for k, v in every["ood"].items() if k != "kl"}
