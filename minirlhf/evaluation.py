@@ -111,7 +111,7 @@ def sequence_kl(ref_params, gen: Generation, model_cfg: GPTConfig):
 
 
 def evaluate_policy(params, ref_params, model_cfg: GPTConfig, tok: Tokenizer, splits: dict,
-                    key: jax.Array, n: int = 8, kl_splits=None) -> dict:
+                    key: jax.Array, n: int = 8, kl_splits: Sequence[str] | None = None) -> dict:
     """{split: gold metrics of n temperature-1 samples per prompt (gold_metrics) plus
     "kl" = the mean KL(pi || pi_ref) estimate (nats per response)}.  kl_splits: the splits
     whose KL is wanted (None: every split); the others skip its pass of pi_ref over the samples."""

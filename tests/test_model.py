@@ -327,3 +327,25 @@ def test_bad_config_and_too_long_input_raise_value_error():
     params = make_params(26)
     with pytest.raises(ValueError, match="max_len=16"):
         forward(params, jnp.ones((1, 17), jnp.int32), jnp.ones((1, 17), jnp.int32), CFG)
+
+
+def test_init_params_is_gpt2_init_drawn_op_by_op_from_the_six_subkeys():
+    """The seeded init is fixed (same seed, same checkpoints): weight i is std_i * N(0, 1) drawn
+    with subkey split(key, 6)[i], std = 0.02, or 0.02 / sqrt(2L) for the residual projections
+    w_o and w_out (Radford et al. 2019); biases 0, LayerNorm gains 1."""
+    cfg = GPTConfig(vocab_size=40, max_len=12, n_layer=2, n_head=2, d_model=8)
+    key = jax.random.PRNGKey(5)
+    params = model.init_params(key, cfg)
+    keys = jax.random.split(key, 6)
+    L, D, F = cfg.n_layer, cfg.d_model, cfg.mlp_ratio * cfg.d_model
+    resid = 0.02 / np.sqrt(2 * L)
+    want = {"wte": (0, (40, D), 0.02), "wpe": (1, (12, D), 0.02), "w_qkv": (2, (L, D, 3 * D), 0.02),
+            "w_o": (3, (L, D, D), resid), "w_in": (4, (L, D, F), 0.02), "w_out": (5, (L, F, D), resid)}
+    for name, (i, shape, std) in want.items():
+        got = params[name] if name in ("wte", "wpe") else params["blocks"][name]
+        drawn = np.float32(std) * np.asarray(jax.random.normal(keys[i], shape, jnp.float32))
+        np.testing.assert_array_equal(np.asarray(got), drawn, err_msg=name)
+    for name in ("b_qkv", "b_o", "b_in", "b_out"):
+        assert not np.asarray(params["blocks"][name]).any()
+    for ln in (params["blocks"]["ln1"], params["blocks"]["ln2"], params["ln_f"]):
+        assert np.all(np.asarray(ln["g"]) == 1) and not np.asarray(ln["b"]).any()
