@@ -5,7 +5,14 @@
 
 The shape every lesson samples at: the default 4x128 GPT (GPTConfig()), a 16-token prompt,
 48 new tokens, float32, temperature 1.  A row that samples <eos> keeps running (static shapes),
-so every call computes B * 48 decode steps, whatever is sampled.
+so every call computes B * 48 decode steps, whatever is sampled.  Two ways to sample B rows:
+
+    generate   one call: one program decodes all B rows (about one core busy: a decode step
+               is a chain of ops too small to split across cores)
+    in_chunks  `evaluation.in_chunks(generate, rows=B / cores)`: the rows split into one chunk
+               per core, the chunks' programs called from concurrent threads (as every
+               evaluation samples, there in 64-row chunks)
+
 Compile time (first call minus the fastest call) is printed separately from the steady rate:
 tokens/s = B * 48 / (fastest of `--repeats` calls after the first: on a CPU shared with other
 processes the fastest call is the one least slowed by them).  Each line also gives the
@@ -27,22 +34,26 @@ PROMPT, NEW = 16, 48
 SHAPE = {"vocab_size": 512, "max_len": 64, "n_layer": 4, "n_head": 4, "d_model": 128}  # GPTConfig()
 
 
-def bench_jax(batch: int, repeats: int) -> dict:
+def bench_jax(batch: int, repeats: int, mode: str) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from minirlhf.evaluation import in_chunks, worker_count
     from minirlhf.model import GPTConfig, init_params
-    from minirlhf.sampling import generate
+    from minirlhf.sampling import Generation, generate
 
     cfg = GPTConfig()
     assert all(getattr(cfg, k) == v for k, v in SHAPE.items()), "update SHAPE to GPTConfig()"
     params = init_params(jax.random.PRNGKey(0), cfg)
     tokens = jax.random.randint(jax.random.PRNGKey(1), (batch, PROMPT), 3, cfg.vocab_size)
     mask = jnp.ones_like(tokens)
+    sample = lambda t, m, key: generate(params, t, m, key, cfg=cfg, max_new_tokens=NEW)
+    rows = -(-batch // worker_count())
 
     def call(i):
-        gen = generate(params, tokens, mask, jax.random.PRNGKey(i), cfg=cfg, max_new_tokens=NEW)
-        return jax.block_until_ready(gen)
+        if mode == "generate":
+            return jax.block_until_ready(sample(tokens, mask, jax.random.PRNGKey(i)))
+        return Generation(*in_chunks(sample, [tokens, mask], jax.random.PRNGKey(i), rows=rows))
 
     start = time.perf_counter()
     call(0)
@@ -56,7 +67,8 @@ def bench_jax(batch: int, repeats: int) -> dict:
     steady = min(times)
     return {"batch": batch, "compile_s": first_s - steady, "steady_s": steady,
             "cpu_s": statistics.median(cpu), "tokens_per_s": batch * NEW / steady,
-            "response_tokens": int(gen.response_mask.sum())}
+            "response_tokens": int(gen.response_mask.sum()),
+            "split": "1 program" if mode == "generate" else f"{-(-batch // rows)} x {rows} rows"}
 
 
 def bench_torch(batch: int, repeats: int, threads: int | None) -> dict:
@@ -106,11 +118,12 @@ def main() -> None:
                   f"({r['steady_s'] * 1e3:.1f} ms/call, {r['cpu_s'] * 1e3:.1f} CPU ms/call, "
                   f"{r['threads']} threads)", flush=True)
         else:
-            r = bench_jax(batch, args.repeats)
-            print(f"minirlhf generate  B={batch:<3} {r['tokens_per_s']:8.0f} tokens/s  "
-                  f"({r['steady_s'] * 1e3:.1f} ms/call, {r['cpu_s'] * 1e3:.1f} CPU ms/call; "
-                  f"compile {r['compile_s']:.2f} s; "
-                  f"{r['response_tokens']} response tokens)", flush=True)
+            for mode in ("generate", "in_chunks"):
+                r = bench_jax(batch, args.repeats, mode)
+                print(f"minirlhf {mode:<9} B={batch:<3} {r['tokens_per_s']:8.0f} tokens/s  "
+                      f"({r['split']}: {r['steady_s'] * 1e3:.1f} ms/call, "
+                      f"{r['cpu_s'] * 1e3:.1f} CPU ms/call; compile {r['compile_s']:.2f} s; "
+                      f"{r['response_tokens']} response tokens)", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ KL to pi_ref of those same samples (`sequence_kl`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from functools import partial
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache, partial
 from typing import NamedTuple
 
 import jax
@@ -46,24 +48,50 @@ def pad_rows(x, n_rows: int) -> np.ndarray:
     return np.pad(x, ((0, n_rows - x.shape[0]),) + ((0, 0),) * (x.ndim - 1), mode="edge")
 
 
-def in_chunks(fn, arrays, key=None):
-    """fn(*chunk[, key_i]) on consecutive CHUNK_ROWS-row chunks of `arrays` (each [B, ...]; the
+def in_chunks(fn, arrays, key=None, rows: int = CHUNK_ROWS):
+    """fn(*chunk[, key_i]) on consecutive `rows`-row chunks of `arrays` (each [B, ...]; the
     last chunk padded with copies of the last row), outputs concatenated and cut back to B rows.
 
     Every evaluation then runs one compiled program whatever its number of rows (B = 64 is also
     where the CPU sampler's tokens/s levels off: benchmarks/bench_sampler.py).  Chunk i gets the
-    key fold_in(key, i).  Padding, slicing and concatenation are host-side numpy (the outputs
-    are numpy arrays): the only device programs are fn's.
+    key fold_in(key, i).  The chunks run concurrently (`map_concurrently`), each the same program
+    on the same inputs as it would be alone.  Padding, slicing and concatenation are host-side
+    numpy (the outputs are numpy arrays): the only device programs are fn's.
     """
     B = arrays[0].shape[0]
-    padded = [pad_rows(x, -(-B // CHUNK_ROWS) * CHUNK_ROWS) for x in arrays]
-    outs = []
-    for i in range(0, padded[0].shape[0], CHUNK_ROWS):
-        chunk = [x[i:i + CHUNK_ROWS] for x in padded]
-        keys = [] if key is None else [jax.random.fold_in(key, i // CHUNK_ROWS)]
-        outs.append(fn(*chunk, *keys))
-    outs = jax.device_get(outs)                       # after every chunk is dispatched
+    padded = [pad_rows(x, -(-B // rows) * rows) for x in arrays]
+    starts = range(0, padded[0].shape[0], rows)
+    keys = [[] if key is None else [jax.random.fold_in(key, i // rows)] for i in starts]
+    outs = map_concurrently(lambda i, k: fn(*[x[i:i + rows] for x in padded], *k), starts, keys)
     return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs)[:B], *outs)
+
+
+def worker_count() -> int:
+    """Threads `map_concurrently` runs on: one per CPU core this process may use (at most 8)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(8, cores or 1))
+
+
+@cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="minirlhf-chunk")
+
+
+def map_concurrently(fn: Callable, *iterables) -> list:
+    """[fn(*args) for args in zip(*iterables)] as host numpy arrays, the calls run on
+    `worker_count()` threads at once.
+
+    Why threads: one XLA:CPU program of the decode loop keeps about one core busy (a decode
+    step is a chain of small ops, too small to split across cores), and jax releases Python's
+    GIL while a program runs, so programs called from different threads run on different
+    cores at the same time.  Each call is the same program on the same inputs as it would be
+    alone, so the results are the same bits in any order; a first call that must compile
+    compiles once (jax's compilation cache is shared by the threads).
+    """
+    calls = [lambda args=args: jax.device_get(fn(*args)) for args in zip(*iterables)]
+    if len(calls) < 2:
+        return [call() for call in calls]
+    return list(_pool(worker_count()).map(lambda call: call(), calls))
 
 
 def sample_answers(params, cfg: GPTConfig, tok: Tokenizer, prompts: Sequence[str], key: jax.Array,

@@ -45,7 +45,7 @@ from tokenizers import Tokenizer
 from minirlhf.bradley_terry import bradley_terry_loss, grouped_bradley_terry_loss
 from minirlhf.checkpoint import ensure_checkpoint, save_checkpoint
 from minirlhf.config import check_fields
-from minirlhf.evaluation import sample_answers
+from minirlhf.evaluation import map_concurrently, sample_answers
 from minirlhf.model import GPTConfig, forward, init_scalar_head, reward_from_hidden
 from minirlhf.paths import artifact_path, file_digest, recipe
 from minirlhf.pretrain import SEQ_LEN, ensure_tokenizer
@@ -159,14 +159,17 @@ def score(rm_params: dict, tokens, attention_mask, cfg: GPTConfig) -> jax.Array:
 
 def score_batched(rm_params: dict, tokens, attention_mask, cfg: GPTConfig, chunk: int = 128) -> np.ndarray:
     """`score` over many rows in chunks of `chunk` rows, each padded to the full chunk with
-    all-pad rows (one compiled shape for every call).  tokens, attention_mask: [N, T] -> [N]."""
+    all-pad rows (one compiled shape for every call), the chunks run concurrently
+    (`evaluation.map_concurrently`).  tokens, attention_mask: [N, T] -> [N]."""
     tokens, attention_mask = np.asarray(tokens), np.asarray(attention_mask)
-    out = []
-    for i in range(0, len(tokens), chunk):
+
+    def one(i):
         t, m = tokens[i:i + chunk], attention_mask[i:i + chunk]
-        n, pad = len(t), ((0, chunk - len(t)), (0, 0))
-        out.append(np.asarray(score(rm_params, np.pad(t, pad), np.pad(m, pad), cfg))[:n])
-    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+        pad = ((0, chunk - len(t)), (0, 0))
+        return score(rm_params, np.pad(t, pad), np.pad(m, pad), cfg)
+
+    out = map_concurrently(one, range(0, len(tokens), chunk))             # each [chunk]
+    return np.concatenate(out)[:len(tokens)] if out else np.zeros((0,), np.float32)
 
 
 # ----------------------------------------------------------------------------- loss and training

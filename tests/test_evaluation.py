@@ -1,5 +1,8 @@
 """Evaluation samples in fixed-size chunks of rows so every split shares one compiled sampler:
-padding that keeps the rows, and chunking that never changes the real rows."""
+padding that keeps the rows, chunking that never changes the real rows, and chunks run on
+concurrent threads that give the same bits as one after the other."""
+
+import time
 
 import jax
 import numpy as np
@@ -9,11 +12,13 @@ from minirlhf.evaluation import (
     MAX_NEW_TOKENS,
     PROMPT_LEN,
     evaluate_policy,
+    in_chunks,
+    map_concurrently,
     pad_rows,
     sample_answers,
 )
 from minirlhf.model import GPTConfig, init_params
-from minirlhf.sampling import generate
+from minirlhf.sampling import Generation, generate
 from minirlhf.tokenizer import encode_prompts
 from minirlhf.worlds import capitals as cw
 
@@ -58,3 +63,32 @@ def test_evaluate_policy_computes_the_kl_only_for_the_splits_asked(tok):
     assert set(every["ood"]) - set(some["ood"]) == {"kl"}
     assert some["train"] == every["train"] and every["train"]["kl"] != 0.0
     assert some["ood"] == {k: v for k, v in every["ood"].items() if k != "kl"}
+
+
+def test_map_concurrently_returns_the_calls_in_order_whatever_finishes_first():
+    """The earlier calls sleep longer, so on more than one thread they finish last."""
+    def slow_square(i, x):
+        time.sleep(0.02 * (6 - i))
+        return np.asarray(x) ** 2
+    out = map_concurrently(slow_square, range(7), [np.full(3, i) for i in range(7)])
+    assert [o.tolist() for o in out] == [[i * i] * 3 for i in range(7)]
+    assert map_concurrently(slow_square, [], []) == []
+
+
+def test_concurrent_chunks_are_the_bits_of_one_chunk_after_the_other(tok):
+    """Temperature-1 sampling in chunks on concurrent threads = the same chunks sampled one
+    after the other with the same keys fold_in(key, i): every token and log-prob bit."""
+    cfg = GPTConfig(vocab_size=tok.get_vocab_size(), max_len=PROMPT_LEN + MAX_NEW_TOKENS,
+                    n_layer=1, n_head=2, d_model=16)
+    params = init_params(jax.random.PRNGKey(0), cfg)
+    prompts = cw.split_prompts("train")[:3]
+    enc = encode_prompts(tok, [p for p in prompts for _ in range(4)], max_len=PROMPT_LEN)
+    key, rows = jax.random.PRNGKey(3), 4                                # 12 rows: 3 chunks
+    sample = lambda t, m, k: generate(params, t, m, k, cfg=cfg, max_new_tokens=MAX_NEW_TOKENS)
+    together = Generation(*in_chunks(sample, [enc.tokens, enc.attention_mask], key, rows=rows))
+    alone = [sample(enc.tokens[i:i + rows], enc.attention_mask[i:i + rows],
+                    jax.random.fold_in(key, i // rows)) for i in range(0, 12, rows)]
+    for name in Generation._fields:
+        np.testing.assert_array_equal(getattr(together, name),
+                                      np.concatenate([getattr(a, name) for a in alone]),
+                                      err_msg=name)
