@@ -2,6 +2,7 @@
 
 The data flows through the package in the order of the lessons:
 
+    threefry         the hash behind jax.random, lowered on the CPU as its rounds written out
     worlds/          the capitals world (text, gold reward, simulated rater)
     exact/           the exact world (enumerable): world, tabular policies, exact PPO / DPO
                      training, GRPO's exact optimum, the comparisons of lesson 08 (compare, ood)
@@ -30,3 +31,7 @@ The data flows through the package in the order of the lessons:
 """
 
 __version__ = "0.1.0"
+
+from minirlhf.threefry import use_unrolled_lowering
+
+use_unrolled_lowering()   # the same random bits, compiled faster on the CPU (threefry.py)

@@ -21,9 +21,9 @@ body shows; benchmarks/bench_sampler.py measures the sampler):
     per-step keys are the same chain of `key, sub = split(key)` as a per-step draw would use, so
     `gumbel_noise` draws all steps' g [N, B, V] in one vectorised pass and step i only adds g[i]:
     the same tokens as drawing inside the loop (g takes N * B * V floats: as much memory as the
-    logits of one forward pass over the B responses).  The draw is Threefry-2x32 written out
-    (`threefry2x32`), bit for bit `jax.random.gumbel`'s: XLA fuses it into one loop, where
-    jax's CPU lowering runs its rounds as a rolled loop over whole arrays.
+    logits of one forward pass over the B responses).  The draw is bit for bit
+    `jax.random.gumbel`'s, with the Threefry-2x32 hash written out (`threefry.threefry2x32`,
+    which is also how minirlhf has jax lower the hash on the CPU), so XLA fuses it into one loop.
   * The per-layer weights are sliced out of the stacked [L, ...] arrays and W_te is transposed
     once, before the loop (`decode_params`): inside the loop body each slice would be a copy of
     that layer's weights at every step.
@@ -54,6 +54,7 @@ from minirlhf.model import (
     qkv_proj,
     unembed,
 )
+from minirlhf.threefry import threefry2x32
 
 PAD_ID, EOS_ID = 0, 2
 
@@ -100,27 +101,6 @@ def first_argmax(z):
     z [B, V] -> [B] int32."""
     is_max = z == jnp.max(z, axis=-1, keepdims=True)                           # [B, V]
     return jnp.min(jnp.where(is_max, jnp.arange(z.shape[-1], dtype=jnp.int32), z.shape[-1]), axis=-1)
-
-
-def threefry2x32(k1, k2, x1, x2):
-    """The Threefry-2x32 block cipher, 20 rounds (Salmon et al. 2011, "Parallel random numbers:
-    as easy as 1, 2, 3"), the hash behind jax's default PRNG: key words k1, k2 (uint32 scalars)
-    encrypt the counter pairs (x1, x2) (uint32 arrays, one shape) -> two uint32 arrays.
-
-    Rounds of  x1 += x2;  x2 = rotl(x2, r) ^ x1  with rotations r cycling through (13, 15, 26, 6)
-    and (17, 29, 16, 24); every 4 rounds the key schedule (k1, k2, k1 ^ k2 ^ 0x1BD11BDA) is
-    added, with the group number.  Written with plain integer ops, so XLA fuses the whole hash.
-    """
-    ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))
-    rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
-    x1, x2 = x1 + ks[0], x2 + ks[1]
-    for group in range(5):
-        for r in rotations[group % 2]:
-            x1 = x1 + x2
-            x2 = x1 ^ ((x2 << np.uint32(r)) | (x2 >> np.uint32(32 - r)))
-        x1 = x1 + ks[(group + 1) % 3]
-        x2 = x2 + ks[(group + 2) % 3] + np.uint32(group + 1)
-    return x1, x2
 
 
 def gumbel_noise(key, shape: tuple, dtype=jnp.float32):
