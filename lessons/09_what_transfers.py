@@ -32,7 +32,7 @@ from minirlhf.dpo_train import (
     train_dpo,
     with_reference_logps,
 )
-from minirlhf.evaluation import evaluate_policy, sample_answers, sequence_kl
+from minirlhf.evaluation import evaluate_policy, sample_answers, samples_kl
 from minirlhf.model import tempered
 from minirlhf.pretrain import corpus_arrays, ensure_tokenizer
 from minirlhf.reward import ensure_reward_model
@@ -105,7 +105,7 @@ def accuracy_and_kl(params):
         s = sample_answers(params, model_cfg, tok, splits[split], jax.random.PRNGKey(100 + split_i),
                            n=n_per[split])
         out[split] = (float(s.correct.mean()),
-                      float(np.mean(sequence_kl(ref_params, s.generation, model_cfg))))
+                      float(np.mean(samples_kl(ref_params, s.generation, model_cfg))))
     return out
 
 

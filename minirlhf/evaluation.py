@@ -138,6 +138,12 @@ def sequence_kl(ref_params, gen: Generation, model_cfg: GPTConfig):
     return jnp.sum((gen.logprobs - ref_logps) * gen.response_mask, axis=1)
 
 
+def samples_kl(ref_params, gen: Generation, model_cfg: GPTConfig) -> np.ndarray:
+    """`sequence_kl` of any number of samples, in CHUNK_ROWS-row chunks (`in_chunks`): one
+    compiled program for every evaluation of a model shape.  -> [B] numpy."""
+    return in_chunks(lambda *g: sequence_kl(ref_params, Generation(*g), model_cfg), list(gen))
+
+
 def evaluate_policy(params, ref_params, model_cfg: GPTConfig, tok: Tokenizer, splits: dict,
                     key: jax.Array, n: int = 8, kl_splits: Sequence[str] | None = None) -> dict:
     """{split: gold metrics of n temperature-1 samples per prompt (gold_metrics) plus
@@ -148,9 +154,8 @@ def evaluate_policy(params, ref_params, model_cfg: GPTConfig, tok: Tokenizer, sp
         samples = sample_answers(params, model_cfg, tok, splits[name], key_i, n)
         out[name] = gold_metrics(samples)
         if kl_splits is None or name in kl_splits:
-            kl = in_chunks(lambda *g: sequence_kl(ref_params, Generation(*g), model_cfg),
-                           list(samples.generation))                          # one program
-            out[name]["kl"] = float(np.mean(kl, dtype=np.float64))
+            out[name]["kl"] = float(np.mean(samples_kl(ref_params, samples.generation, model_cfg),
+                                            dtype=np.float64))
     return out
 
 

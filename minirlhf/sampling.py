@@ -19,11 +19,11 @@ body shows; benchmarks/bench_sampler.py measures the sampler):
   * Sampling noise drawn before the loop.  `jax.random.categorical(key, logp)` is
     argmax(logp + g) with g = `jax.random.gumbel(key, logp.shape)` (the Gumbel-max trick).  The N
     per-step keys are the same chain of `key, sub = split(key)` as a per-step draw would use, so
-    `gumbel_noise` draws all steps' g [N, B, V] in one vectorised pass and step i only adds g[i]:
-    the same tokens as drawing inside the loop (g takes N * B * V floats: as much memory as the
-    logits of one forward pass over the B responses).  The draw is bit for bit
-    `jax.random.gumbel`'s, with the Threefry-2x32 hash written out (`threefry.threefry2x32`,
-    which is also how minirlhf has jax lower the hash on the CPU), so XLA fuses it into one loop.
+    all steps' g [N, B, V] are drawn in one vectorised pass (`jax.random.gumbel` vmapped over the
+    keys) and step i only adds g[i]: the same tokens as drawing inside the loop (g takes
+    N * B * V floats: as much memory as the logits of one forward pass over the B responses).
+    XLA fuses the draw into one loop: minirlhf has jax lower its Threefry hash as the rounds
+    written out (threefry.py).
   * The per-layer weights are sliced out of the stacked [L, ...] arrays and W_te is transposed
     once, before the loop (`decode_params`): inside the loop body each slice would be a copy of
     that layer's weights at every step.
@@ -39,7 +39,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from minirlhf.fused_attention import fused_attention
 from minirlhf.model import (
@@ -54,7 +53,6 @@ from minirlhf.model import (
     qkv_proj,
     unembed,
 )
-from minirlhf.threefry import threefry2x32
 
 PAD_ID, EOS_ID = 0, 2
 
@@ -101,27 +99,6 @@ def first_argmax(z):
     z [B, V] -> [B] int32."""
     is_max = z == jnp.max(z, axis=-1, keepdims=True)                           # [B, V]
     return jnp.min(jnp.where(is_max, jnp.arange(z.shape[-1], dtype=jnp.int32), z.shape[-1]), axis=-1)
-
-
-def gumbel_noise(key, shape: tuple, dtype=jnp.float32):
-    """g = -log(-log u), u ~ Uniform(tiny, 1): bit for bit `jax.random.gumbel(key, shape, dtype)`.
-
-    For a float32 draw from a raw Threefry key (jax's default) it is computed here: counter j
-    (the flat index) is hashed by `threefry2x32` under the key, the two output words are xor-ed,
-    and the top 23 bits become the mantissa of u in [1, 2) - 1, then scaled to [tiny, 1) (jax's
-    `threefry_partitionable` layout).  Any other key or dtype goes through jax.random.gumbel.
-    """
-    key = jnp.asarray(key)
-    if not (dtype == jnp.float32 and key.dtype == jnp.uint32 and key.shape == (2,)
-            and jax.config.jax_threefry_partitionable and math.prod(shape) < 2 ** 32):
-        return jax.random.gumbel(key, shape, dtype)
-    counter = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
-    bits1, bits2 = threefry2x32(key[0], key[1], jnp.zeros_like(counter), counter)
-    mantissa = ((bits1 ^ bits2) >> np.uint32(9)) | np.uint32(0x3F800000)     # 1.m in [1, 2)
-    u = jax.lax.bitcast_convert_type(mantissa, jnp.float32) - np.float32(1.0)
-    tiny = np.float32(np.finfo(np.float32).tiny)
-    u = jnp.maximum(tiny, u * (np.float32(1.0) - tiny) + tiny)                 # [tiny, 1)
-    return -jnp.log(-jnp.log(u))
 
 
 def step_keys(key, n: int):
@@ -228,7 +205,7 @@ def generate(params, prompt_tokens, prompt_mask, key, *, cfg: GPTConfig, max_new
     if greedy:
         noise = jnp.zeros((N, 0), logits0.dtype)                                # unused
     else:
-        noise = jax.vmap(lambda k: gumbel_noise(k, logits0.shape, logits0.dtype))(
+        noise = jax.vmap(lambda k: jax.random.gumbel(k, logits0.shape, logits0.dtype))(
             step_keys(key, N))                                                  # [N, B, V]
     dparams = decode_params(params)
 

@@ -20,7 +20,6 @@ from minirlhf.sampling import (
     first_argmax,
     generate,
     generate_without_cache,
-    gumbel_noise,
     prefill_cache,
     step_keys,
 )
@@ -276,20 +275,6 @@ def test_too_long_generation_raises_value_error():
 
 
 # ----------------------------------------------------------------------------- noise drawn up front
-
-@pytest.mark.parametrize("shape", [(3,), (4, 7), (33, 40), (2, 3, 5)])
-def test_gumbel_noise_is_jax_random_gumbel_bit_for_bit(shape):
-    """`gumbel_noise` (the Threefry hash written out) draws exactly jax.random.gumbel's floats,
-    jitted and under vmap over keys, so the Gumbel-max tokens are jax.random.categorical's."""
-    keys = jax.random.split(jax.random.PRNGKey(21), 5)
-    draw = jax.jit(jax.vmap(lambda k: gumbel_noise(k, shape)))(keys)
-    for k, g in zip(keys, draw):
-        np.testing.assert_array_equal(g, jax.random.gumbel(k, shape, jnp.float32))
-    with jax.enable_x64(True):                       # other dtypes go through jax.random.gumbel
-        k = jax.random.PRNGKey(22)
-        np.testing.assert_array_equal(gumbel_noise(k, shape, jnp.float64),
-                                      jax.random.gumbel(k, shape, jnp.float64))
-
 
 def test_step_keys_are_the_split_chain():
     """step_keys(key, n)[i] is the `sub` of the i-th `key, sub = jax.random.split(key)`."""
