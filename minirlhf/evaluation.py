@@ -10,6 +10,7 @@ KL to pi_ref of those same samples (`sequence_kl`).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, partial
@@ -72,9 +73,12 @@ def worker_count() -> int:
     return max(1, min(8, cores or 1))
 
 
+_THREAD_PREFIX = "minirlhf-chunk"
+
+
 @cache
 def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(workers, thread_name_prefix="minirlhf-chunk")
+    return ThreadPoolExecutor(workers, thread_name_prefix=_THREAD_PREFIX)
 
 
 def map_concurrently(fn: Callable, *iterables) -> list:
@@ -86,11 +90,12 @@ def map_concurrently(fn: Callable, *iterables) -> list:
     GIL while a program runs, so programs called from different threads run on different
     cores at the same time.  Each call is the same program on the same inputs as it would be
     alone, so the results are the same bits in any order; a first call that must compile
-    compiles once (jax's compilation cache is shared by the threads).
+    compiles once (jax's compilation cache is shared by the threads).  Called from one of these
+    threads (a mapped call that maps in turn), it runs the calls in that thread.
     """
     calls = [lambda args=args: jax.device_get(fn(*args)) for args in zip(*iterables)]
-    if len(calls) < 2:
-        return [call() for call in calls]
+    if len(calls) < 2 or threading.current_thread().name.startswith(_THREAD_PREFIX):
+        return [call() for call in calls]      # nested in a worker: run here, never wait on the pool
     return list(_pool(worker_count()).map(lambda call: call(), calls))
 
 

@@ -2,6 +2,7 @@
 padding that keeps the rows, chunking that never changes the real rows, and chunks run on
 concurrent threads that give the same bits as one after the other."""
 
+import threading
 import time
 
 import jax
@@ -73,6 +74,19 @@ def test_map_concurrently_returns_the_calls_in_order_whatever_finishes_first():
     out = map_concurrently(slow_square, range(7), [np.full(3, i) for i in range(7)])
     assert [o.tolist() for o in out] == [[i * i] * 3 for i in range(7)]
     assert map_concurrently(slow_square, [], []) == []
+
+
+def test_map_concurrently_inside_a_worker_runs_its_calls_in_that_worker():
+    """A call that itself maps (scoring inside a sampled chunk, say) runs its inner calls where it
+    is: more inner calls than workers, and no worker waits on the pool it occupies."""
+    inner = lambda i: np.asarray([sum(o.item() for o in map_concurrently(np.square, range(i + 9)))])
+    out = []
+    runner = threading.Thread(target=lambda: out.extend(map_concurrently(inner, range(4))),
+                              daemon=True)
+    runner.start()
+    runner.join(timeout=60)
+    assert not runner.is_alive(), "map_concurrently deadlocked on a nested call"
+    assert [o.item() for o in out] == [sum(j * j for j in range(i + 9)) for i in range(4)]
 
 
 def test_concurrent_chunks_are_the_bits_of_one_chunk_after_the_other(tok):
