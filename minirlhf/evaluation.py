@@ -81,6 +81,10 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix=_THREAD_PREFIX)
 
 
+if hasattr(os, "register_at_fork"):     # a forked child has none of the parent's threads
+    os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
 def map_concurrently(fn: Callable, *iterables) -> list:
     """[fn(*args) for args in zip(*iterables)] as host numpy arrays, the calls run on
     `worker_count()` threads at once.
